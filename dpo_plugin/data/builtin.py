@@ -1,0 +1,75 @@
+"""Built-in preference datasets made from the real offline assets, by name and split."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from datasets import Dataset
+
+from .assets import read_polarity
+
+BUILTIN_SPLITS = ("train", "test")
+
+SENTIMENT_PAIRS_SEED = 20240531
+SENTIMENT_PAIRS_HELD_OUT_FRACTION = 0.25
+SENTIMENT_PROMPTS = {
+    1: "Write a positive one-sentence movie review.",
+    -1: "Write a negative one-sentence movie review.",
+}
+
+
+def sentiment_pairs(split: str) -> Dataset:
+    """Attribute pairs from human labels on the Pang & Lee sentences (not human pairwise judgments).
+
+    For the prompt "Write a positive one-sentence movie review." a sentence that people labelled positive is
+    chosen over one they labelled negative; the mirror prompt asks for a negative review and flips the pair.
+    The sentences of each label are split first (a fixed seeded 75% train / 25% test), and pairs are formed
+    within a split, so no sentence appears in both: 3,000 train pairs and 1,000 test pairs, half per prompt.
+    Every sentence is chosen once and rejected once in its split; each prompt pairs the sentences with a
+    different seeded shuffle, and the rows come in a seeded random order. Conversational (TRL) format
+    with a stable ``id`` column such as ``"sp-train-00042"``; identical on every run and machine.
+    """
+    rng = random.Random(SENTIMENT_PAIRS_SEED)
+    sentences = read_polarity("sentences")
+    by_label = {label: [row.text for row in sentences if row.label == label] for label in SENTIMENT_PROMPTS}
+    split_texts = {label: _split_held_out(texts, rng)[split] for label, texts in by_label.items()}
+
+    rows = []
+    for wanted, unwanted in ((1, -1), (-1, 1)):
+        rejected_texts = list(split_texts[unwanted])
+        rng.shuffle(rejected_texts)
+        pairs = zip(split_texts[wanted], rejected_texts, strict=True)
+        rows += [_conversation(SENTIMENT_PROMPTS[wanted], chosen, rejected) for chosen, rejected in pairs]
+    rng.shuffle(rows)
+    return Dataset.from_list([{"id": f"sp-{split}-{index:05d}", **row} for index, row in enumerate(rows)])
+
+
+BUILTIN_DATASETS: dict[str, Callable[[str], Dataset]] = {
+    "sentiment-pairs": sentiment_pairs,
+}
+
+
+def load_builtin(name: str, split: str) -> Dataset:
+    """A built-in dataset (a key of ``BUILTIN_DATASETS``) for ``split`` ``"train"`` or ``"test"`` (held out)."""
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"Unknown built-in dataset {name!r}: choose one of {sorted(BUILTIN_DATASETS)}.")
+    if split not in BUILTIN_SPLITS:
+        raise ValueError(f"Built-in dataset {name!r} has no split {split!r}: choose one of {list(BUILTIN_SPLITS)}.")
+    return BUILTIN_DATASETS[name](split)
+
+
+def _split_held_out(texts: list[str], rng: random.Random) -> dict[str, list[str]]:
+    """Shuffle ``texts`` with ``rng`` and cut off the held-out fraction as ``"test"``."""
+    shuffled = list(texts)
+    rng.shuffle(shuffled)
+    held_out = round(len(shuffled) * SENTIMENT_PAIRS_HELD_OUT_FRACTION)
+    return {"test": shuffled[:held_out], "train": shuffled[held_out:]}
+
+
+def _conversation(prompt: str, chosen: str, rejected: str) -> dict[str, list[dict[str, str]]]:
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }

@@ -1,0 +1,78 @@
+"""One entry point for preference data: a local file or folder, a built-in dataset, or a hub dataset id."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+from datasets import Dataset
+
+from .builtin import BUILTIN_DATASETS, load_builtin
+from .formats import normalize_preference_dataset
+
+# file suffix -> the `datasets` builder that reads it
+LOCAL_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_preference_dataset(name: str, split: str, config: str | None = None) -> Dataset:
+    """Load ``split`` of ``name`` and normalise it to TRL's explicit-prompt preference format.
+
+    ``name`` is tried, in order, as:
+    (a) a local .json/.jsonl/.csv/.parquet file (its only split is ``"train"``) or a folder of such files,
+        where split ``s`` is read from the files named ``s.*`` or ``s-*``/``s_*`` (``train.jsonl``,
+        ``test-00000-of-00001.parquet``);
+    (b) a built-in dataset (``BUILTIN_DATASETS``, splits ``"train"`` and ``"test"``);
+    (c) a Hugging Face Hub dataset id, read with ``datasets.load_dataset(name, config, split=split)``.
+    ``config`` names a hub dataset's configuration and is refused for local and built-in data.
+    """
+    path = Path(name).expanduser()
+    if path.exists() or name in BUILTIN_DATASETS:
+        if config is not None:
+            raise ValueError(f"config={config!r} applies only to hub datasets, not to the local or built-in {name!r}.")
+        raw = _load_local(path, split) if path.exists() else load_builtin(name, split)
+    elif path.suffix in LOCAL_FILE_BUILDERS:
+        raise FileNotFoundError(f"No such data file: {path}. Check the path (relative paths start at {Path.cwd()}).")
+    else:
+        raw = _load_hub(name, split, config)
+    return normalize_preference_dataset(raw)
+
+
+def _load_local(path: Path, split: str) -> Dataset:
+    if path.is_file() and split != "train":
+        raise ValueError(
+            f"{path} is a single file, so its only split is 'train', not {split!r}. "
+            f"To give it a {split!r} split, put it in a folder as {split}{path.suffix} beside train{path.suffix}."
+        )
+    files = [path] if path.is_file() else _split_files(path, split)
+    builders = {LOCAL_FILE_BUILDERS.get(file.suffix) for file in files}
+    if len(builders) != 1 or None in builders:
+        raise ValueError(
+            f"Cannot read {[str(file) for file in files]} as one dataset: use files of one kind, "
+            f"with a suffix among {sorted(LOCAL_FILE_BUILDERS)}."
+        )
+    return datasets.load_dataset(builders.pop(), data_files=[str(file) for file in files], split="train")
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """The data files of ``folder`` that hold ``split``: ``split.*``, ``split-*.*`` or ``split_*.*``."""
+    data_files = sorted(file for file in folder.iterdir() if file.suffix in LOCAL_FILE_BUILDERS)
+    pattern = re.compile(rf"{re.escape(split)}([-_.].*)?")
+    matching = [file for file in data_files if pattern.fullmatch(file.stem)]
+    if not matching:
+        raise ValueError(
+            f"No {split!r} data in folder {folder}: expected files named {split}.jsonl, {split}.json, "
+            f"{split}.csv or {split}.parquet (or {split}-*.*); found {[file.name for file in data_files]}."
+        )
+    return matching
+
+
+def _load_hub(name: str, split: str, config: str | None) -> Dataset:
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as error:  # the hub client raises many types (network, auth, missing config or split)
+        raise ValueError(
+            f"{name!r} is not a local file or folder nor a built-in dataset ({sorted(BUILTIN_DATASETS)}), so it was "
+            f"loaded as a Hugging Face Hub dataset id (config={config!r}, split={split!r}), which failed: {error}. "
+            f"Check the path, pick a built-in, or use a .json/.jsonl/.csv/.parquet file or a folder of them."
+        ) from error

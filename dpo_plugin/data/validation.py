@@ -1,0 +1,154 @@
+"""Check every row of a preference dataset before training, so bad data fails early and by name."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger("dpo_plugin")
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+SKIP_HINT = "Fix the data, or set `skip_invalid_rows: true` in the recipe to drop invalid rows (counts are logged)."
+TOKENIZE_BATCH_SIZE = 512
+STRING_EXPECTED = "a non-empty string, as the prompt is a string"
+MESSAGES_EXPECTED = (
+    "a non-empty list of messages {'role': str, 'content': non-empty str}, as the prompt is a message list"
+)
+
+
+class InvalidPreferenceData(ValueError):
+    """A preference dataset has rows that cannot be trained on; the message names the row and field."""
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row is invalid: ``reason`` is short and shared by similar rows, so it can be counted."""
+
+    row: int
+    field: str
+    reason: str
+    expected: str
+
+    def describe(self) -> str:
+        return f"row {self.row}, field {self.field!r}: {self.reason}; expected {self.expected}"
+
+
+def validate_preference_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int | None,
+    skip_invalid: bool = False,
+    name: str = "train",
+) -> Dataset:
+    """Return ``dataset`` if every row is trainable, else raise ``InvalidPreferenceData`` naming the first bad row.
+
+    A row is trainable when prompt, chosen and rejected are all non-empty strings or all non-empty message lists
+    (each message a dict with a non-empty string ``role`` and ``content``), chosen differs from rejected, and,
+    when ``max_length`` is set, the prompt tokenized as TRL does (chat template with the generation prompt for
+    messages, plain tokenization for strings) is shorter than ``max_length``, leaving room for the completion.
+    With ``skip_invalid`` the bad rows are dropped instead and counted per reason in the log.
+    """
+    missing = [column for column in PREFERENCE_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise InvalidPreferenceData(
+            f"The {name!r} dataset lacks the column(s) {missing}; it has {dataset.column_names}. "
+            f"A preference dataset needs {list(PREFERENCE_COLUMNS)} (see dpo_plugin.data.formats for accepted layouts)."
+        )
+    problems = _find_problems(dataset.select_columns(list(PREFERENCE_COLUMNS)), tokenizer, max_length)
+    if not problems:
+        return dataset
+    counts = Counter(f"{problem.field}: {problem.reason}" for problem in problems)
+    summary = ", ".join(f"{count} x {reason}" for reason, count in counts.most_common())
+    if not skip_invalid:
+        raise InvalidPreferenceData(
+            f"The {name!r} dataset has {len(problems)} invalid row(s) of {len(dataset)} ({summary}). "
+            f"First: {problems[0].describe()}. {SKIP_HINT}"
+        )
+    if len(problems) == len(dataset):
+        raise InvalidPreferenceData(
+            f"Every row of the {name!r} dataset is invalid ({summary}); nothing is left to train on."
+        )
+    logger.warning(
+        "Dropped %d invalid row(s) of %d from the %r dataset: %s", len(problems), len(dataset), name, summary
+    )
+    invalid_rows = {problem.row for problem in problems}
+    return dataset.select([row for row in range(len(dataset)) if row not in invalid_rows])
+
+
+def _find_problems(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> list[RowProblem]:
+    """The first problem of each invalid row, in row order."""
+    problems = []
+    for start in range(0, len(dataset), TOKENIZE_BATCH_SIZE):
+        rows = dataset[start : start + TOKENIZE_BATCH_SIZE]
+        batch = [dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)]
+        batch_problems = {
+            index: problem for index, row in enumerate(batch) if (problem := _row_problem(row, start + index))
+        }
+        if max_length is not None:
+            well_formed = [index for index in range(len(batch)) if index not in batch_problems]
+            prompt_lengths = _prompt_token_counts([batch[index]["prompt"] for index in well_formed], tokenizer)
+            for index, length in zip(well_formed, prompt_lengths, strict=True):
+                if length >= max_length:
+                    batch_problems[index] = RowProblem(
+                        start + index,
+                        "prompt",
+                        "too long for max_length",
+                        f"fewer than {max_length} tokens, found {length}",
+                    )
+        problems += [batch_problems[index] for index in sorted(batch_problems)]
+    return problems
+
+
+def _row_problem(row: dict[str, Any], index: int) -> RowProblem | None:
+    """The first structural problem of one row, or ``None``."""
+    conversational = isinstance(row["prompt"], list)
+    for field in PREFERENCE_COLUMNS:
+        if problem := _field_problem(row[field], conversational):
+            reason, expected = problem
+            return RowProblem(index, field, reason, expected)
+    if row["chosen"] == row["rejected"]:
+        return RowProblem(index, "chosen", "identical to rejected", "chosen and rejected completions that differ")
+    return None
+
+
+def _field_problem(value: Any, conversational: bool) -> tuple[str, str] | None:
+    """``(reason, expected)`` when one field is unusable, else ``None``."""
+    expected = MESSAGES_EXPECTED if conversational else STRING_EXPECTED
+    if value is None:
+        return "missing (None)", expected
+    if not conversational:
+        if not isinstance(value, str):
+            return f"{type(value).__name__} instead of a string", expected
+        return None if value.strip() else ("empty string", expected)
+    if not isinstance(value, list):
+        return f"{type(value).__name__} instead of a message list", expected
+    if not value:
+        return "empty message list", expected
+    for message in value:
+        if not isinstance(message, dict) or not _is_filled_string(message.get("role")):
+            return "message without a role", expected
+        if not _is_filled_string(message.get("content")):
+            return "message with empty or non-string content", expected
+    return None
+
+
+def _prompt_token_counts(
+    prompts: list[str] | list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase
+) -> list[int]:
+    """Token counts of prompts, tokenized the way TRL's ``DPOTrainer`` tokenizes them."""
+    if not prompts:
+        return []
+    if isinstance(prompts[0], list):
+        encoded = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+    else:
+        encoded = tokenizer(prompts)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _is_filled_string(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
