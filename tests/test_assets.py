@@ -91,8 +91,8 @@ def completions(dataset, field: str) -> list[str]:
 
 @pytest.mark.slow
 def test_sentiment_pairs_split_sizes_and_ids(sentiment_pairs):
-    assert len(sentiment_pairs["train"]) == 3000
-    assert len(sentiment_pairs["test"]) == 1000
+    assert len(sentiment_pairs["train"]) == 6000
+    assert len(sentiment_pairs["test"]) == 2000
     for split, dataset in sentiment_pairs.items():
         assert dataset["id"] == [f"sp-{split}-{index:05d}" for index in range(len(dataset))]
 
@@ -105,6 +105,14 @@ def test_sentiment_pairs_share_no_sentence_between_splits(sentiment_pairs):
     }
     assert sentences["train"].isdisjoint(sentences["test"])
     assert len(sentences["train"]) == 3000 and len(sentences["test"]) == 1000
+
+
+@pytest.mark.slow
+def test_sentiment_pairs_never_repeat_a_pair(sentiment_pairs):
+    for dataset in sentiment_pairs.values():
+        keys = [(p[0]["content"], c[0]["content"], r[0]["content"])
+                for p, c, r in zip(dataset["prompt"], dataset["chosen"], dataset["rejected"], strict=True)]
+        assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.slow

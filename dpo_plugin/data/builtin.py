@@ -13,6 +13,7 @@ BUILTIN_SPLITS = ("train", "test")
 
 SENTIMENT_PAIRS_SEED = 20240531
 SENTIMENT_PAIRS_HELD_OUT_FRACTION = 0.25
+SENTIMENT_PAIRS_PARTNERS = 2  # rejected partners per chosen sentence and prompt
 SENTIMENT_PROMPTS = {
     1: "Write a positive one-sentence movie review.",
     -1: "Write a negative one-sentence movie review.",
@@ -25,9 +26,10 @@ def sentiment_pairs(split: str) -> Dataset:
     For the prompt "Write a positive one-sentence movie review." a sentence that people labelled positive is
     chosen over one they labelled negative; the mirror prompt asks for a negative review and flips the pair.
     The sentences of each label are split first (a fixed seeded 75% train / 25% test), and pairs are formed
-    within a split, so no sentence appears in both: 3,000 train pairs and 1,000 test pairs, half per prompt.
-    Every sentence is chosen once and rejected once in its split; each prompt pairs the sentences with a
-    different seeded shuffle, and the rows come in a seeded random order. Conversational (TRL) format
+    within a split, so no sentence appears in both: 6,000 train pairs and 2,000 test pairs, half per prompt.
+    Per prompt, each sentence of the asked-for label is chosen over ``SENTIMENT_PAIRS_PARTNERS`` different
+    sentences of the other label (a seeded shuffle, then cyclic shifts of it), so every sentence is chosen twice and
+    rejected twice in its split and no pair repeats; the rows come in a seeded random order. Conversational (TRL) format
     with a stable ``id`` column such as ``"sp-train-00042"``; identical on every run and machine.
     """
     rng = random.Random(SENTIMENT_PAIRS_SEED)
@@ -39,8 +41,10 @@ def sentiment_pairs(split: str) -> Dataset:
     for wanted, unwanted in ((1, -1), (-1, 1)):
         rejected_texts = list(split_texts[unwanted])
         rng.shuffle(rejected_texts)
-        pairs = zip(split_texts[wanted], rejected_texts, strict=True)
-        rows += [_conversation(SENTIMENT_PROMPTS[wanted], chosen, rejected) for chosen, rejected in pairs]
+        for shift in range(SENTIMENT_PAIRS_PARTNERS):
+            partners = rejected_texts[shift:] + rejected_texts[:shift]
+            pairs = zip(split_texts[wanted], partners, strict=True)
+            rows += [_conversation(SENTIMENT_PROMPTS[wanted], chosen, rejected) for chosen, rejected in pairs]
     rng.shuffle(rows)
     return Dataset.from_list([{"id": f"sp-{split}-{index:05d}", **row} for index, row in enumerate(rows)])
 
