@@ -1,0 +1,50 @@
+"""Run outputs a person reads: the metrics JSON and the training-curve plot, each written atomically."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVES = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call `write(temporary_path)`, then rename it onto `path`: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_json(path: Path, payload: dict) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as file:
+            json.dump(payload, file, indent=2)
+
+    _atomic_write(Path(path), write)
+
+
+def plot_training_curves(log_history: list[dict], path: Path) -> None:
+    """Loss, reward accuracy and reward margin against the optimizer step, one panel each, as a PNG."""
+    train_logs = [entry for entry in log_history if "loss" in entry and "step" in entry]
+    figure, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2), constrained_layout=True)
+    for axis, (key, label) in zip(axes, CURVES, strict=True):
+        points = [(entry["step"], entry[key]) for entry in train_logs if key in entry]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, marker="o", markersize=2, linewidth=1)
+        axis.set_title(label)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    _atomic_write(Path(path), lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    plt.close(figure)
