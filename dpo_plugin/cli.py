@@ -107,7 +107,8 @@ def train(argv: list[str]) -> dict:
     if trainer.accelerator.is_main_process:
         output_dir = Path(training_args.output_dir)
         write_json(output_dir / "metrics.json", results)
-        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+        title = f"{', '.join(training_args.loss_type)} on {data_args.dataset_name}, β = {training_args.beta}"
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title)
         print(f"Wrote {output_dir / 'metrics.json'} and {output_dir / 'training_curves.png'}")
     return results
 

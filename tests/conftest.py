@@ -21,7 +21,10 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
         additional_special_tokens=specials[3:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -32,8 +35,14 @@ def make_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     """A 2-layer Llama with hidden size 32: random weights, seconds to train on a CPU."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config)
 
@@ -42,11 +51,13 @@ def make_pairs(n: int = 16) -> Dataset:
     """String preference pairs of varied lengths, so batches mix padding and completion lengths."""
     rows = []
     for i in range(n):
-        rows.append({
-            "prompt": f"Q{i}: say something {'nice' if i % 2 else 'kind'}" + "!" * (i % 3),
-            "chosen": " good" * (1 + i % 4),
-            "rejected": " bad" + " no" * (i % 5),
-        })
+        rows.append(
+            {
+                "prompt": f"Q{i}: say something {'nice' if i % 2 else 'kind'}" + "!" * (i % 3),
+                "chosen": " good" * (1 + i % 4),
+                "rejected": " bad" + " no" * (i % 5),
+            }
+        )
     return Dataset.from_list(rows)
 
 

@@ -110,8 +110,10 @@ def test_sentiment_pairs_share_no_sentence_between_splits(sentiment_pairs):
 @pytest.mark.slow
 def test_sentiment_pairs_never_repeat_a_pair(sentiment_pairs):
     for dataset in sentiment_pairs.values():
-        keys = [(p[0]["content"], c[0]["content"], r[0]["content"])
-                for p, c, r in zip(dataset["prompt"], dataset["chosen"], dataset["rejected"], strict=True)]
+        keys = [
+            (p[0]["content"], c[0]["content"], r[0]["content"])
+            for p, c, r in zip(dataset["prompt"], dataset["chosen"], dataset["rejected"], strict=True)
+        ]
         assert len(set(keys)) == len(keys)
 
 

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import make_model, make_pairs, make_tokenizer
 from datasets import Dataset
 
-from conftest import make_model, make_pairs, make_tokenizer
 from dpo_plugin.cli import main, parse_recipe
 from dpo_plugin.data import InvalidPreferenceData
 
@@ -15,15 +15,17 @@ RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
 def test_every_recipe_parses_with_no_unknown_keys(recipe):
-    data_args, training_args, model_args = parse_recipe(["--config", str(recipe)])
+    # --use_cpu: GPU recipes ask for bf16, which TrainingArguments refuses on a machine with no GPU otherwise
+    data_args, training_args, model_args = parse_recipe(["--config", str(recipe), "--use_cpu", "true"])
     assert data_args.dataset_name and model_args.model_name_or_path
     assert training_args.plugin_loss_type in ("dpo", "ipo", "tdpo1", "tdpo2")
 
 
 def test_command_line_flags_override_the_recipe():
     recipe = str(RECIPES[0].parent / "quickstart.yaml")
-    data_args, training_args, _ = parse_recipe(["--config", recipe, "--beta", "0.3", "--loss_type", "tdpo2",
-                                                "--max_train_pairs", "7"])
+    data_args, training_args, _ = parse_recipe(
+        ["--config", recipe, "--beta", "0.3", "--loss_type", "tdpo2", "--max_train_pairs", "7"]
+    )
     assert training_args.beta == 0.3 and training_args.plugin_loss_type == "tdpo2"
     assert data_args.max_train_pairs == 7
 
@@ -51,10 +53,36 @@ def write_splits(folder: Path, train: Dataset, test: Dataset) -> Path:
 
 
 def tiny_run(checkpoint, data, output_dir, *extra):
-    return ["train", "--model_name_or_path", str(checkpoint), "--dataset_name", str(data),
-            "--output_dir", str(output_dir), "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
-            "--per_device_train_batch_size", "4", "--max_steps", "3", "--max_length", "64", "--logging_steps", "1",
-            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *extra]
+    return [
+        "train",
+        "--model_name_or_path",
+        str(checkpoint),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "3",
+        "--max_length",
+        "64",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 def test_tiny_run_writes_model_metrics_and_plot(tiny_checkpoint, tmp_path):

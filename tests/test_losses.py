@@ -17,8 +17,9 @@ OBJECTIVES = {
     "dpo": lambda c, r: dpo_loss(c, r, beta=0.1),
     "cdpo": lambda c, r: dpo_loss(c, r, beta=0.1, label_smoothing=0.1),
     "ipo_summed": lambda c, r: ipo_loss(c, r, beta=0.1),
-    "ipo_averaged": lambda c, r: ipo_loss(c, r, beta=0.1, chosen_lengths=torch.full_like(c, 3.0),
-                                          rejected_lengths=torch.full_like(r, 2.0)),
+    "ipo_averaged": lambda c, r: ipo_loss(
+        c, r, beta=0.1, chosen_lengths=torch.full_like(c, 3.0), rejected_lengths=torch.full_like(r, 2.0)
+    ),
     "tdpo1": lambda c, r: tdpo_loss(c, r, torch.full_like(c, 0.3), torch.full_like(r, 1.3), beta=0.1),
     "tdpo2": lambda c, r: tdpo_loss(c, r, torch.full_like(c, 0.3), torch.full_like(r, 1.3), beta=0.1, alpha=0.5),
 }
@@ -69,8 +70,13 @@ def test_ipo_summed_hand_computed_values_and_rewards():
 
 def test_ipo_averaged_hand_computed_value_and_summed_rewards():
     # β = 0.25: 1/(2β) = 2; h = 6/3 - (-4)/2 = 2 + 2 = 4 → (4 - 2)² = 4
-    out = ipo_loss(torch.tensor([6.0]), torch.tensor([-4.0]), beta=0.25,
-                   chosen_lengths=torch.tensor([3.0]), rejected_lengths=torch.tensor([2.0]))
+    out = ipo_loss(
+        torch.tensor([6.0]),
+        torch.tensor([-4.0]),
+        beta=0.25,
+        chosen_lengths=torch.tensor([3.0]),
+        rejected_lengths=torch.tensor([2.0]),
+    )
     assert out.losses.item() == pytest.approx(4.0)
     assert out.chosen_rewards.item() == pytest.approx(1.5)  # 0.25 · 6 (summed, not averaged)
     assert out.rejected_rewards.item() == pytest.approx(-1.0)  # 0.25 · -4
@@ -100,8 +106,9 @@ def test_tdpo1_hand_computed_value_and_rewards():
 
 def test_tdpo2_hand_computed_value_and_rewards():
     # β = 0.1, α = 0.5, h = 2: β (2 - 0.5 · (1.3 - 0.3)) = 0.15 → log(1 + e^-0.15) = 0.6209570477895321
-    out = tdpo_loss(torch.tensor([1.5]), torch.tensor([-0.5]), torch.tensor([0.3]), torch.tensor([1.3]),
-                    beta=0.1, alpha=0.5)
+    out = tdpo_loss(
+        torch.tensor([1.5]), torch.tensor([-0.5]), torch.tensor([0.3]), torch.tensor([1.3]), beta=0.1, alpha=0.5
+    )
     assert out.losses.item() == pytest.approx(0.6209570477895321, rel=1e-6)
     assert out.chosen_rewards.item() == pytest.approx(0.18)
     assert out.rejected_rewards.item() == pytest.approx(0.08)
@@ -115,8 +122,9 @@ def test_tdpo2_with_alpha_one_equals_tdpo1():
 def test_tdpo2_stops_gradient_of_chosen_seq_kl_only():
     chosen_kl, rejected_kl = pair([0.3], [1.3])
     loss = tdpo_loss(torch.tensor([1.5]), torch.tensor([-0.5]), chosen_kl, rejected_kl, beta=0.1, alpha=0.5).losses
-    grad_chosen, grad_rejected = torch.autograd.grad(loss.sum(), [chosen_kl, rejected_kl],
-                                                     allow_unused=True, materialize_grads=True)
+    grad_chosen, grad_rejected = torch.autograd.grad(
+        loss.sum(), [chosen_kl, rejected_kl], allow_unused=True, materialize_grads=True
+    )
     assert torch.equal(grad_chosen, torch.zeros(1))
     assert grad_rejected.item() != 0.0
 

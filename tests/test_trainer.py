@@ -5,23 +5,40 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_model
 from trl import DPOConfig, DPOTrainer
 
 from dpo_plugin.config import PreferenceConfig
 from dpo_plugin.trainer import PreferenceTrainer
 
-from conftest import make_model
-
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
-TRL_KEYS = REWARD_KEYS + ("logps/chosen", "logps/rejected", "entropy", "logits/chosen", "logits/rejected",
-                          "mean_token_accuracy", "num_tokens")
+TRL_KEYS = REWARD_KEYS + (
+    "logps/chosen",
+    "logps/rejected",
+    "entropy",
+    "logits/chosen",
+    "logits/rejected",
+    "mean_token_accuracy",
+    "num_tokens",
+)
 
 
 def tiny_args(config_cls, tmp_path, **overrides):
     settings = dict(
-        output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False, max_steps=6,
-        per_device_train_batch_size=4, learning_rate=5e-3, logging_steps=1, report_to="none", seed=0,
-        save_strategy="no", max_length=64, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        logging_steps=1,
+        report_to="none",
+        seed=0,
+        save_strategy="no",
+        max_length=64,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     return config_cls(**(settings | overrides))
 
@@ -41,8 +58,9 @@ def recording(trainer_cls):
 def train(trainer_cls, args, tokenizer, pairs, explicit_ref=True):
     model = make_model(len(tokenizer))
     ref_model = copy.deepcopy(model) if explicit_ref else None
-    trainer = recording(trainer_cls)(model=model, ref_model=ref_model, args=args, train_dataset=pairs,
-                                     processing_class=tokenizer)
+    trainer = recording(trainer_cls)(
+        model=model, ref_model=ref_model, args=args, train_dataset=pairs, processing_class=tokenizer
+    )
     trainer.step_losses = []
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "rewards/chosen" in entry]
@@ -51,22 +69,24 @@ def train(trainer_cls, args, tokenizer, pairs, explicit_ref=True):
 
 @pytest.mark.parametrize(("plugin_loss", "trl_loss"), [("dpo", "sigmoid"), ("ipo", "ipo")])
 def test_matches_trl_over_optimizer_steps(plugin_loss, trl_loss, tokenizer, pairs, tmp_path):
-    ours, our_logs = train(PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, loss_type=plugin_loss),
-                           tokenizer, pairs)
+    ours, our_logs = train(
+        PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, loss_type=plugin_loss), tokenizer, pairs
+    )
     trl, trl_logs = train(DPOTrainer, tiny_args(DPOConfig, tmp_path, loss_type=trl_loss), tokenizer, pairs)
     assert ours._plugin_loss_type == plugin_loss  # the plugin computed it, not TRL
     assert len(ours.step_losses) == len(trl.step_losses) == 6
     assert ours.step_losses == pytest.approx(trl.step_losses, abs=1e-5)
     assert len(our_logs) == len(trl_logs) == 6
-    for ours_step, trl_step in zip(our_logs, trl_logs):
+    for ours_step, trl_step in zip(our_logs, trl_logs, strict=True):
         for key in TRL_KEYS:
             assert ours_step[key] == pytest.approx(trl_step[key], abs=1e-5), key
     assert ours.step_losses[0] != pytest.approx(ours.step_losses[-1], abs=1e-3)  # training moved the loss
 
 
 def test_default_reference_is_the_policy_in_memory(tokenizer, pairs, tmp_path):
-    trainer, logs = train(PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, max_steps=1), tokenizer, pairs,
-                          explicit_ref=False)
+    trainer, logs = train(
+        PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, max_steps=1), tokenizer, pairs, explicit_ref=False
+    )
     # at step one the policy equals its frozen copy: every implicit reward is exactly zero
     assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["rewards/margins"] == 0.0
     assert trainer.ref_model is not None and not any(p.requires_grad for p in trainer.ref_model.parameters())
@@ -74,16 +94,26 @@ def test_default_reference_is_the_policy_in_memory(tokenizer, pairs, tmp_path):
 
 def test_precomputed_reference_logps_match_live_reference(tokenizer, pairs, tmp_path):
     _, live = train(PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path), tokenizer, pairs)
-    _, precomputed = train(PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, precompute_ref_log_probs=True),
-                           tokenizer, pairs, explicit_ref=False)
+    _, precomputed = train(
+        PreferenceTrainer,
+        tiny_args(PreferenceConfig, tmp_path, precompute_ref_log_probs=True),
+        tokenizer,
+        pairs,
+        explicit_ref=False,
+    )
     for live_step, pre_step in zip(live, precomputed, strict=True):
         for key in REWARD_KEYS:
             assert live_step[key] == pytest.approx(pre_step[key], abs=1e-5), key
 
 
 def test_reference_free_runs_no_reference(tokenizer, pairs, tmp_path):
-    trainer, logs = train(PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, reference_free=True, max_steps=2),
-                          tokenizer, pairs, explicit_ref=False)
+    trainer, logs = train(
+        PreferenceTrainer,
+        tiny_args(PreferenceConfig, tmp_path, reference_free=True, max_steps=2),
+        tokenizer,
+        pairs,
+        explicit_ref=False,
+    )
     assert trainer.ref_model is None
     # with log π_ref ≡ 0 the implicit reward is β log π_θ(y)
     assert logs[0]["rewards/chosen"] == pytest.approx(0.1 * logs[0]["logps/chosen"], rel=1e-5)
@@ -112,8 +142,9 @@ def test_tdpo_matches_direct_full_logit_computation(loss_type, tokenizer, pairs,
     args = tiny_args(PreferenceConfig, tmp_path, loss_type=loss_type, beta=0.5, tdpo_alpha=0.3)
     model = make_model(len(tokenizer))
     ref_model = make_model(len(tokenizer), seed=1)  # a different reference, so KL and log-ratios are not zero
-    trainer = PreferenceTrainer(model=model, ref_model=ref_model, args=args, train_dataset=pairs,
-                                processing_class=tokenizer)
+    trainer = PreferenceTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=pairs, processing_class=tokenizer
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     alpha = 0.3 if loss_type == "tdpo2" else None
 
@@ -134,8 +165,9 @@ def test_tdpo2_blocks_the_gradient_through_the_chosen_kl(tokenizer, pairs, tmp_p
     """The stop-gradient changes the gradient: TDPO2's matches the detached form and not the undetached one."""
     args = tiny_args(PreferenceConfig, tmp_path, loss_type="tdpo2", beta=0.5, tdpo_alpha=1.0)
     model, ref_model = make_model(len(tokenizer)), make_model(len(tokenizer), seed=1)
-    trainer = PreferenceTrainer(model=model, ref_model=ref_model, args=args, train_dataset=pairs,
-                                processing_class=tokenizer)
+    trainer = PreferenceTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=pairs, processing_class=tokenizer
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     params = list(model.parameters())
     grad = torch.cat([g.flatten() for g in torch.autograd.grad(trainer.compute_loss(model, batch), params)])
@@ -152,9 +184,13 @@ def test_peft_policy_uses_adapters_off_as_reference(tokenizer, pairs, tmp_path):
     from peft import LoraConfig
 
     args = tiny_args(PreferenceConfig, tmp_path, loss_type="tdpo2", max_steps=2)
-    trainer = PreferenceTrainer(model=make_model(len(tokenizer)), args=args, train_dataset=pairs,
-                                processing_class=tokenizer,
-                                peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer = PreferenceTrainer(
+        model=make_model(len(tokenizer)),
+        args=args,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
     assert trainer.ref_model is None
     trainer.train()
     metrics = [entry for entry in trainer.state.log_history if "kl/chosen" in entry]
