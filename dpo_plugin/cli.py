@@ -117,7 +117,7 @@ def assets(argv: list[str]) -> None:
     """Fetch the offline model and data into the cache (done automatically on first use, too)."""
     argparse.ArgumentParser(prog="dpo-plugin assets", description=assets.__doc__).parse_args(argv)
     for name, path in ensure_assets().items():
-        print(f"{name:<12} {path}")
+        print(f"{name:<20} {path}")
 
 
 COMMANDS = {"train": train, "assets": assets}
