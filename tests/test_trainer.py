@@ -198,3 +198,20 @@ def test_peft_policy_uses_adapters_off_as_reference(tokenizer, pairs, tmp_path):
     assert metrics[0]["kl/chosen"] == pytest.approx(0.0, abs=1e-6)
     assert metrics[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert metrics[-1]["kl/chosen"] > 0.0
+
+
+def test_evaluate_reports_the_plugin_metrics(tokenizer, pairs, tmp_path):
+    args = tiny_args(PreferenceConfig, tmp_path, loss_type="tdpo1", per_device_eval_batch_size=4)
+    model = make_model(len(tokenizer))
+    trainer = PreferenceTrainer(
+        model=model,
+        ref_model=make_model(len(tokenizer), seed=1),
+        args=args,
+        train_dataset=pairs,
+        eval_dataset=pairs.select(range(8)),
+        processing_class=tokenizer,
+    )
+    metrics = trainer.evaluate()
+    assert metrics["eval_kl/chosen"] > 0.0 and metrics["eval_kl/rejected"] > 0.0
+    assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0
+    assert metrics["eval_loss"] > 0.0
