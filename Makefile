@@ -33,8 +33,8 @@ test-fast: venv
 	$(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check dpo_plugin envs tests
-	$(BIN)/ruff format --check dpo_plugin envs tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
