@@ -11,13 +11,22 @@ from torch import Tensor
 IGNORE_INDEX = -100
 
 
-def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-token log-probability of the labels: log π(y_t | ·) = log_softmax(logits)[..., y_t].
+def log_probs_from_logits(logits: Tensor) -> Tensor:
+    """log π(v | ·) = log_softmax(logits)[..., v] over the last (vocabulary) dim, in float32 whatever the logits' dtype.
 
-    `logits` is (..., V), `labels` is (...) of integer token ids; positions whose label is -100 give 0.
+    Compute it once per model and pass it to `token_logps` and `token_kl`: the log-softmax over the vocabulary is
+    the costly step, and its output is what backward keeps.
+    """
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def token_logps(log_probs: Tensor, labels: Tensor) -> Tensor:
+    """Per-token log-probability of the labels: log π(y_t | ·) = log_probs[..., y_t].
+
+    `log_probs` is (..., V) from `log_probs_from_logits`, `labels` is (...) of token ids; labels of -100 give 0.
     """
     safe_labels = labels.clamp(min=0).unsqueeze(-1)
-    logps = F.log_softmax(logits.float(), dim=-1).gather(-1, safe_labels).squeeze(-1)
+    logps = log_probs.gather(-1, safe_labels).squeeze(-1)
     return logps.masked_fill(labels == IGNORE_INDEX, 0.0)
 
 
@@ -31,16 +40,14 @@ def completion_lengths(mask: Tensor) -> Tensor:
     return mask.float().sum(-1).clamp(min=1.0)
 
 
-def token_kl(ref_logits: Tensor, policy_logits: Tensor) -> Tensor:
+def token_kl(ref_log_probs: Tensor, policy_log_probs: Tensor) -> Tensor:
     """Per-position KL(π_ref ‖ π_θ) = Σ_v p_ref(v) (log p_ref(v) − log p_θ(v)) over the last (vocabulary) dim.
 
-    Both sides go through log_softmax in float32 and only the reference log-probs are exponentiated, so
-    extreme logits give finite values where softmax().log() would give -inf and NaN. Returns shape
-    logits.shape[:-1]; gradients reach both inputs unless the caller detaches the reference.
+    Takes both sides as log-probs (`log_probs_from_logits`) and exponentiates only the reference's, so extreme
+    logits give finite values where softmax().log() would give -inf and NaN. Returns shape `log_probs.shape[:-1]`;
+    gradients reach both inputs unless the caller detaches the reference.
     """
-    ref_logps = F.log_softmax(ref_logits.float(), dim=-1)
-    policy_logps = F.log_softmax(policy_logits.float(), dim=-1)
-    return (ref_logps.exp() * (ref_logps - policy_logps)).sum(-1)
+    return (ref_log_probs.exp() * (ref_log_probs - policy_log_probs)).sum(-1)
 
 
 class CompletionLogits(NamedTuple):
@@ -81,4 +88,4 @@ def completion_logits(model, model_kwargs: dict, completion_mask: Tensor) -> tup
 def sequence_logps(model, model_kwargs: dict, completion_mask: Tensor) -> Tensor:
     """log π(y|x) = Σ_t log π(y_t | x, y<t) over each row's completion tokens, through `completion_logits`."""
     selected, _ = completion_logits(model, model_kwargs, completion_mask)
-    return selected.sequence_sum(token_logps(selected.logits, selected.labels))
+    return selected.sequence_sum(token_logps(log_probs_from_logits(selected.logits), selected.labels))

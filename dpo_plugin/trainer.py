@@ -15,7 +15,14 @@ from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .config import TDPO_LOSS_TYPES, PreferenceConfig
 from .data import normalize_preference_dataset, validate_preference_dataset
-from .logprobs import completion_lengths, completion_logits, sequence_logps, token_kl, token_logps
+from .logprobs import (
+    completion_lengths,
+    completion_logits,
+    log_probs_from_logits,
+    sequence_logps,
+    token_kl,
+    token_logps,
+)
 from .losses import PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
 from .reference import frozen_copy
 
@@ -181,12 +188,15 @@ class PreferenceTrainer(DPOTrainer):
         """
         completion_mask = inputs["completion_mask"]
         policy, outputs = completion_logits(model, model_kwargs, completion_mask)
-        reference, ref_logps = None, None
+        policy_log_probs = log_probs_from_logits(policy.logits)
+        seq_kl = None
         if token_level:
             ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
             with torch.no_grad(), self._reference_context():
                 reference, _ = completion_logits(self._reference_model(), ref_kwargs, completion_mask)
-            ref_logps = reference.sequence_sum(token_logps(reference.logits, reference.labels))
+                ref_log_probs = log_probs_from_logits(reference.logits)
+            ref_logps = reference.sequence_sum(token_logps(ref_log_probs, reference.labels))
+            seq_kl = policy.sequence_sum(token_kl(ref_log_probs, policy_log_probs))
         elif self.args.reference_free:
             ref_logps = torch.zeros(completion_mask.size(0), device=completion_mask.device)
         elif self.precompute_ref_logps:
@@ -195,17 +205,17 @@ class PreferenceTrainer(DPOTrainer):
             ref_logps = torch.cat(self.compute_ref_log_probs(self._reference_model(), inputs))
 
         with torch.no_grad():
-            log_probs = torch.log_softmax(policy.logits.float(), dim=-1)
-            entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+            detached = policy_log_probs.detach()
+            entropy = -(detached.exp() * detached).sum(dim=-1)
         return _PolicyPass(
-            logps=policy.sequence_sum(token_logps(policy.logits, policy.labels)),
+            logps=policy.sequence_sum(token_logps(policy_log_probs, policy.labels)),
             ref_logps=ref_logps,
             mask=policy.mask,
             entropy=policy.scatter(entropy),
             mean_logits=policy.scatter(policy.logits.detach().float().mean(dim=-1)),
             is_top1=policy.scatter(policy.logits.argmax(dim=-1) == policy.labels),
             aux_loss=getattr(outputs, "aux_loss", None),
-            seq_kl=None if reference is None else policy.sequence_sum(token_kl(reference.logits, policy.logits)),
+            seq_kl=seq_kl,
         )
 
     def compute_ref_log_probs(self, model, inputs):
