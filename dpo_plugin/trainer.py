@@ -225,15 +225,17 @@ class PreferenceTrainer(DPOTrainer):
         """
         if self._plugin_loss_type is None:
             return super().compute_ref_log_probs(model, inputs)
-        with torch.no_grad(), self._reference_context(), self.accelerator.autocast():
+        with torch.no_grad(), self._reference_context():
             return sequence_logps(model, self._model_kwargs(inputs), inputs["completion_mask"]).chunk(2)
 
     def _reference_model(self):
         return self.ref_model if self.ref_model is not None else self.model
 
     def _reference_context(self):
-        """Gradient checkpointing off, and for a PEFT policy with no `ref_model`, its adapters disabled."""
+        """The training precision's autocast, gradient checkpointing off, and for a PEFT policy with no `ref_model`,
+        its adapters disabled: the same reference whether it runs live, precomputed, or in evaluation."""
         stack = contextlib.ExitStack()
+        stack.enter_context(self.accelerator.autocast())
         stack.enter_context(disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs))
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
