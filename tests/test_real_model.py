@@ -46,6 +46,19 @@ def settings(tmp_path, **overrides):
     )
 
 
+def train_lora(trainer_cls, args, path, tokenizer, pairs):
+    """A fresh SmolLM2 with new LoRA adapters, trained with `trainer_cls` under `args`."""
+    trainer = trainer_cls(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=args,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    return trainer
+
+
 def logged(trainer, key):
     return [entry[key] for entry in trainer.state.log_history if key in entry and "train_runtime" not in entry]
 
@@ -57,14 +70,7 @@ def test_each_objective_fits_eight_real_pairs(loss_type, smollm2, eight_pairs, t
     args = PreferenceConfig(
         **settings(tmp_path, loss_type=loss_type, max_steps=6, beta=0.5 if loss_type == "ipo" else 0.1)
     )
-    trainer = PreferenceTrainer(
-        model=AutoModelForCausalLM.from_pretrained(path),
-        args=args,
-        train_dataset=eight_pairs,
-        processing_class=tokenizer,
-        peft_config=lora(),
-    )
-    trainer.train()
+    trainer = train_lora(PreferenceTrainer, args, path, tokenizer, eight_pairs)
     margins, losses = logged(trainer, "rewards/margins"), logged(trainer, "loss")
     assert margins[0] == pytest.approx(0.0, abs=1e-6)  # LoRA starts at the reference
     assert margins[-1] > 0.05 and losses[-1] < losses[0]
@@ -80,15 +86,7 @@ def test_dpo_matches_trl_on_the_real_model(smollm2, eight_pairs, tmp_path):
         (DPOTrainer, DPOConfig, "sigmoid"),
     ):
         args = config_cls(**settings(tmp_path, loss_type=loss_type, max_steps=2, per_device_train_batch_size=4))
-        trainer = trainer_cls(
-            model=AutoModelForCausalLM.from_pretrained(path),
-            args=args,
-            train_dataset=eight_pairs,
-            processing_class=tokenizer,
-            peft_config=lora(),
-        )
-        trainer.train()
-        runs.append(trainer.state.log_history[:2])
+        runs.append(train_lora(trainer_cls, args, path, tokenizer, eight_pairs).state.log_history[:2])
     for ours, trl in zip(*runs, strict=True):
         for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
             assert ours[key] == pytest.approx(trl[key], abs=1e-4), key
