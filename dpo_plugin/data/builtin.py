@@ -33,9 +33,7 @@ def sentiment_pairs(split: str) -> Dataset:
     with a stable ``id`` column such as ``"sp-train-00042"``; identical on every run and machine.
     """
     rng = random.Random(SENTIMENT_PAIRS_SEED)
-    sentences = read_polarity("sentences")
-    by_label = {label: [row.text for row in sentences if row.label == label] for label in SENTIMENT_PROMPTS}
-    split_texts = {label: _split_held_out(texts, rng)[split] for label, texts in by_label.items()}
+    split_texts = sentence_splits(rng)[split]
 
     rows = []
     for wanted, unwanted in ((1, -1), (-1, 1)):
@@ -47,6 +45,24 @@ def sentiment_pairs(split: str) -> Dataset:
             rows += [_conversation(SENTIMENT_PROMPTS[wanted], chosen, rejected) for chosen, rejected in pairs]
     rng.shuffle(rows)
     return Dataset.from_list([{"id": f"sp-{split}-{index:05d}", **row} for index, row in enumerate(rows)])
+
+
+def sentence_splits(rng: random.Random | None = None) -> dict[str, dict[int, list[str]]]:
+    """The Pang & Lee sentences that ``sentiment_pairs`` uses, as ``{split: {label: texts}}``.
+
+    Each label's sentences (file order) are shuffled with ``rng`` and cut 25% ``"test"`` / 75% ``"train"``, label 1
+    first, then -1: 1,500 + 500 sentences per label. ``rng`` defaults to a fresh
+    ``random.Random(SENTIMENT_PAIRS_SEED)``; ``sentiment_pairs`` passes its own and goes on drawing from it, so the
+    same seed gives the same splits here.
+    """
+    rng = random.Random(SENTIMENT_PAIRS_SEED) if rng is None else rng
+    sentences = read_polarity("sentences")
+    splits: dict[str, dict[int, list[str]]] = {split: {} for split in BUILTIN_SPLITS}
+    for label in SENTIMENT_PROMPTS:
+        held_out = _split_held_out([row.text for row in sentences if row.label == label], rng)
+        for split in BUILTIN_SPLITS:
+            splits[split][label] = held_out[split]
+    return splits
 
 
 BUILTIN_DATASETS: dict[str, Callable[[str], Dataset]] = {
