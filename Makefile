@@ -25,6 +25,7 @@ assets: venv
 
 quickstart: assets
 	$(BIN)/dpo-plugin train --config recipes/quickstart.yaml
+	$(BIN)/dpo-plugin eval --config recipes/eval.yaml
 
 test: assets
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)

@@ -1,10 +1,11 @@
-"""The `dpo-plugin` console script: `train --config recipe.yaml [--key value ...]` and `assets`.
+"""The `dpo-plugin` console script: `train`, `eval` (each `--config recipe.yaml [--key value ...]`) and `assets`.
 
-`train` parses a TRL-style YAML recipe (flat `DPOConfig` keys plus the plugin's fields) with TRL's own parser, so any
-key can be overridden on the command line; it runs unchanged under `accelerate launch -m dpo_plugin.cli train ...`.
+Recipes are TRL-style YAML (flat `DPOConfig` keys plus the plugin's fields) read with TRL's own parser, so any key can
+be overridden on the command line; `train` runs unchanged under `accelerate launch -m dpo_plugin.cli train ...`.
 """
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -12,13 +13,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from .config import PreferenceConfig
+from .config import EvalConfig, PreferenceConfig
 from .data import ensure_assets, load_preference_dataset, resolve_model
-from .evaluation import evaluate_heldout
+from .evaluation import EvaluationReport, preference_accuracies, sampled_completions
+from .policies import CompletionSampler
 from .reporting import plot_training_curves, write_json
+from .rewards import GoldSentimentReward, RewardModelReward
+from .scoring import SequenceScorer, as_text
 from .trainer import PreferenceTrainer
 
 logger = logging.getLogger("dpo_plugin")
@@ -35,7 +40,8 @@ class DataArguments(ScriptArguments):
         default=0,
         metadata={
             "help": "After training, rank the first N pairs of `dataset_test_split` with the reference and the "
-            "trained policy and report both accuracies (0: skip)."
+            "trained policy through PreferencePairs-v0 and report the accuracies (0: skip; `dpo-plugin eval` does "
+            "this and more from the saved checkpoint)."
         },
     )
     heldout_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring held-out pairs."})
@@ -98,9 +104,11 @@ def train(argv: list[str]) -> dict:
     }
     if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
         started = time.perf_counter()
-        report = evaluate_heldout(
-            trainer, _first(heldout_pairs, data_args.heldout_eval_pairs), data_args.heldout_batch_size
+        pairs = as_text(_first(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
+        accuracy = preference_accuracies(
+            *trainer.scorers(data_args.heldout_batch_size), pairs, data_args.heldout_batch_size
         )
+        report = EvaluationReport(pairs=len(pairs), accuracy=accuracy)
         results["heldout"] = report.to_dict()
         results["heldout_seconds"] = round(time.perf_counter() - started, 1)
         print(report.table())
@@ -120,14 +128,109 @@ def assets(argv: list[str]) -> None:
         print(f"{name:<20} {path}")
 
 
-COMMANDS = {"train": train, "assets": assets}
+def evaluate(argv: list[str]) -> dict:
+    """Run a trained policy and its reference through the environments on held-out data; print and write JSON."""
+    parser = TrlParser((EvalConfig,), prog="dpo-plugin eval")
+    (config,) = parser.parse_args_and_config(argv)
+    for name in ("model_name_or_path", "dataset_name"):
+        if not getattr(config, name):
+            parser.error(f"{name} is required (see recipes/eval.yaml)")
+    wanted = max(config.eval_pairs, config.eval_generations)
+    raw = _first(load_preference_dataset(config.dataset_name, config.dataset_test_split, config.dataset_config), wanted)
+    started = time.perf_counter()
+    policy, reference, reference_context, tokenizer = _load_policy_and_reference(config)
+    pairs = as_text(raw, tokenizer)
+    autocast = _autocast(config.bf16, policy.device)
+    scorers = [
+        SequenceScorer(model, tokenizer, config.max_length, config.batch_size, context)
+        for model, context in ((policy, autocast), (reference, reference_context))
+    ]
+    report = EvaluationReport(pairs=min(config.eval_pairs, len(pairs)), accuracy={})
+    if config.eval_pairs:
+        report.accuracy = preference_accuracies(
+            *scorers, _first(pairs, config.eval_pairs), config.batch_size, config.seed
+        )
+    rewards = _sample_rewards(config, tokenizer, policy.device) if config.eval_generations else {}
+    if config.eval_generations:
+        prompts = list(_first(pairs, config.eval_generations)["prompt"])
+        generation = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
+        for name, model, context, kl_scorers in (
+            ("reference", reference, reference_context, None),
+            ("policy", policy, autocast, scorers),
+        ):
+            sampler = CompletionSampler(model, tokenizer, generation, context)
+            report.samples[name] = sampled_completions(
+                sampler, prompts, rewards, kl_scorers, config.batch_size, config.seed, f"Sampling from the {name}"
+            )
+    print(report.table())
+    results = {"config": asdict(config), **report.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
+    if "gold_sentiment" in rewards:
+        classifier = rewards["gold_sentiment"].classifier
+        results["gold_sentiment_classifier"] = classifier.summary()
+        print(f"  gold sentiment classifier: {classifier.summary()['description']}")
+    write_json(Path(config.output_file), results)
+    print(f"Wrote {config.output_file}")
+    return results
+
+
+def _load_policy_and_reference(config: EvalConfig):
+    """The policy, the reference and the context that makes a model call the reference's, and the tokenizer.
+
+    LoRA adapters with no `ref_model_name_or_path` share one model: the reference is the policy, adapters off.
+    """
+    path = resolve_model(config.model_name_or_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    is_adapter = (Path(path) / "adapter_config.json").is_file()
+    policy = (AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM).from_pretrained(path).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    autocast = _autocast(config.bf16, policy.device)
+    if config.ref_model_name_or_path:
+        reference = AutoModelForCausalLM.from_pretrained(resolve_model(config.ref_model_name_or_path))
+        return policy, reference.to(device).eval(), autocast, tokenizer
+    if not is_adapter:
+        raise ValueError(
+            f"{path} is a full model, so eval cannot tell what it was trained against: set ref_model_name_or_path "
+            "(e.g. smollm2-135m-instruct)."
+        )
+
+    def adapters_off():
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast())
+        stack.enter_context(policy.disable_adapter())
+        return stack
+
+    return policy, policy, adapters_off, tokenizer
+
+
+def _autocast(bf16: bool, device: torch.device):
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _sample_rewards(config: EvalConfig, tokenizer, device) -> dict:
+    """The reward components that rate sampled completions: the gold sentiment reward and/or a reward model."""
+    rewards = {}
+    if config.gold_reward != "none":
+        rewards["gold_sentiment"] = GoldSentimentReward(config.gold_reward, tokenizer)
+    if config.reward_model_name_or_path:
+        path = config.reward_model_name_or_path
+        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        rewards["reward_model"] = RewardModelReward(
+            model, AutoTokenizer.from_pretrained(path), config.batch_size, config.max_length
+        )
+    return rewards
+
+
+COMMANDS = {"train": train, "eval": evaluate, "assets": assets}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         commands = ", ".join(COMMANDS)
-        print(f"usage: dpo-plugin {{{commands}}} ...\n  dpo-plugin train --config recipes/quickstart.yaml")
+        print(
+            f"usage: dpo-plugin {{{commands}}} ...\n  dpo-plugin train --config recipes/quickstart.yaml\n"
+            "  dpo-plugin eval --config recipes/eval.yaml"
+        )
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     COMMANDS[argv[0]](argv[1:])

@@ -125,3 +125,72 @@ class PreferenceConfig(DPOConfig):
                     f"{name} is a TRL option for TRL's own loss names; the plugin objective '{loss}' does not use it. "
                     f"Unset {name}, or use TRL's loss_type 'sigmoid'."
                 )
+
+
+GOLD_REWARD_TARGETS = ("none", "from_prompt", "positive", "negative")
+
+
+@dataclass
+class EvalConfig:
+    """What `dpo-plugin eval` runs: a trained policy and its reference through the environments on held-out data."""
+
+    model_name_or_path: str = field(
+        default=None,
+        metadata={"help": "The trained policy: a `dpo-plugin train` output folder (full model or LoRA adapters)."},
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reference model. Default: for LoRA adapters, their base model with the adapters off; a full "
+            "checkpoint needs it set (e.g. smollm2-135m-instruct)."
+        },
+    )
+    dataset_name: str = field(default=None, metadata={"help": "Local file or folder, built-in name, or hub id."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_test_split: str = field(default="test", metadata={"help": "The held-out split."})
+    eval_pairs: int = field(default=300, metadata={"help": "Rank the first N held-out pairs (0: skip)."})
+    eval_generations: int = field(
+        default=64,
+        metadata={"help": "Sample a completion for the prompts of the first N held-out pairs, per model (0: skip)."},
+    )
+    max_new_tokens: int = field(default=48, metadata={"help": "Longest sampled completion, in tokens."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature (1.0, with top_p 1 and top_k 0, samples π itself)."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
+    gold_reward: str = field(
+        default="none",
+        metadata={
+            "help": "Gold sentiment reward of sampled completions (classifier trained on Pang & Lee's human labels): "
+            "`from_prompt` (the prompt asks for positive or negative), `positive`, `negative`, or `none`."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A sequence-classification reward model (num_labels=1) to rate samples."}
+    )
+    beta: float = field(default=0.1, metadata={"help": "β of the implicit reward β log π_θ/π_ref (reported only)."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs, prompts or texts per model call."})
+    max_length: int | None = field(
+        default=1024, metadata={"help": "Truncate prompt + completion to this many tokens when scoring."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "Run the models under bfloat16 autocast."})
+    seed: int = field(default=42, metadata={"help": "Seed of candidate order and sampling."})
+    output_file: str = field(default="outputs/eval.json", metadata={"help": "Where the JSON report is written."})
+
+    def __post_init__(self):
+        for name in ("eval_pairs", "eval_generations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.gold_reward not in GOLD_REWARD_TARGETS:
+            raise ValueError(f"gold_reward {self.gold_reward!r} is not known. Valid values: {GOLD_REWARD_TARGETS}.")
+        if self.eval_generations and self.gold_reward == "none" and not self.reward_model_name_or_path:
+            raise ValueError(
+                "eval_generations > 0 needs a reward to rate the samples: set gold_reward or "
+                "reward_model_name_or_path, or set eval_generations: 0."
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (sampling), got {self.temperature}.")

@@ -25,6 +25,7 @@ from .logprobs import (
 )
 from .losses import PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
 from .reference import frozen_copy
+from .scoring import SequenceScorer
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
@@ -227,6 +228,23 @@ class PreferenceTrainer(DPOTrainer):
             return super().compute_ref_log_probs(model, inputs)
         with torch.no_grad(), self._reference_context():
             return sequence_logps(model, self._model_kwargs(inputs), inputs["completion_mask"]).chunk(2)
+
+    def scorers(self, batch_size: int = 16) -> tuple[SequenceScorer, SequenceScorer]:
+        """`SequenceScorer`s of the trained policy and of the reference it trains against, in training precision."""
+        if self.ref_model is None and not is_peft_model(self.model):
+            raise ValueError(
+                "Scoring against the reference needs it in memory, but this run keeps none (full fine-tuning with "
+                "reference_free or precompute_ref_log_probs). Pass a ref_model, train LoRA adapters, or use "
+                "`dpo-plugin eval` with ref_model_name_or_path."
+            )
+        policy = self.accelerator.unwrap_model(self.model).eval()
+        max_length = self.args.max_length
+        return (
+            SequenceScorer(policy, self.processing_class, max_length, batch_size, self.accelerator.autocast),
+            SequenceScorer(
+                self._reference_model(), self.processing_class, max_length, batch_size, self._reference_context
+            ),
+        )
 
     def _reference_model(self):
         return self.ref_model if self.ref_model is not None else self.model

@@ -6,11 +6,15 @@ from pathlib import Path
 import pytest
 from conftest import make_model, make_pairs, make_tokenizer
 from datasets import Dataset
+from test_rewards import tiny_reward_model
+from trl import TrlParser
 
 from dpo_plugin.cli import main, parse_recipe
+from dpo_plugin.config import EvalConfig
 from dpo_plugin.data import InvalidPreferenceData
 
-RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+RECIPE_DIR = Path(__file__).parents[1] / "recipes"
+RECIPES = sorted(path for path in RECIPE_DIR.glob("*.yaml") if path.name != "eval.yaml")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
@@ -91,7 +95,7 @@ def test_tiny_run_writes_model_metrics_and_plot(tiny_checkpoint, tmp_path):
     main(tiny_run(tiny_checkpoint, data, output_dir, "--loss_type", "tdpo2", "--heldout_eval_pairs", "8"))
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["heldout"]["pairs"] == 8
-    assert 0.0 <= metrics["heldout"]["policy"]["value"] <= 1.0
+    assert 0.0 <= metrics["heldout"]["accuracy"]["policy, by implicit reward"]["value"] <= 1.0
     assert any("kl/chosen" in entry for entry in metrics["log_history"])
     assert (output_dir / "training_curves.png").read_bytes().startswith(b"\x89PNG")
     assert (output_dir / "model.safetensors").exists()
@@ -106,3 +110,45 @@ def test_invalid_rows_stop_the_run_before_any_output(tiny_checkpoint, tmp_path):
     with pytest.raises(InvalidPreferenceData, match="row 5"):
         main(tiny_run(tiny_checkpoint, data, output_dir))
     assert not output_dir.exists()
+
+
+def test_eval_recipe_parses_and_bad_settings_are_refused():
+    (config,) = TrlParser((EvalConfig,)).parse_args_and_config(["--config", str(RECIPE_DIR / "eval.yaml")])
+    assert config.gold_reward == "from_prompt" and config.eval_pairs > 0
+    with pytest.raises(ValueError, match="needs a reward"):
+        EvalConfig(model_name_or_path="m", dataset_name="d", eval_generations=4)
+    with pytest.raises(ValueError, match="gold_reward"):
+        EvalConfig(gold_reward="happy")
+
+
+def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp_path):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    main(tiny_run(tiny_checkpoint, data, tmp_path / "run"))
+    reward_model = tmp_path / "reward-model"
+    tiny_reward_model(make_tokenizer()).save_pretrained(reward_model)
+    make_tokenizer().save_pretrained(reward_model)
+    output = tmp_path / "eval.json"
+    common = ["eval", "--model_name_or_path", str(tmp_path / "run"), "--dataset_name", str(data)]
+    common += ["--eval_pairs", "8", "--eval_generations", "3", "--max_new_tokens", "4", "--batch_size", "2"]
+    with pytest.raises(ValueError, match="set ref_model_name_or_path"):
+        main([*common, "--reward_model_name_or_path", str(reward_model)])
+    main(
+        [
+            *common,
+            "--ref_model_name_or_path",
+            str(tiny_checkpoint),
+            "--reward_model_name_or_path",
+            str(reward_model),
+            "--output_file",
+            str(output),
+        ]
+    )
+    report = json.loads(output.read_text())
+    assert report["pairs"] == 8 and set(report["accuracy"]) == {
+        "reference, by log-likelihood",
+        "policy, by implicit reward",
+        "policy, by log-likelihood",
+    }
+    assert set(report["samples"]) == {"reference", "policy"}
+    assert report["samples"]["reference"]["kl"] is None and report["samples"]["policy"]["kl"] is not None
+    assert len(report["samples"]["policy"]["examples"]) == 3
