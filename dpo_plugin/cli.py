@@ -1,4 +1,4 @@
-"""The `dpo-plugin` console script: `train`, `eval` (each `--config recipe.yaml [--key value ...]`) and `assets`.
+"""The `dpo-plugin` console script: `train`, `eval`, `bench` (each `--config recipe.yaml [--key value ...]`), `assets`.
 
 Recipes are TRL-style YAML (flat `DPOConfig` keys plus the plugin's fields) read with TRL's own parser, so any key can
 be overridden on the command line; `train` runs unchanged under `accelerate launch -m dpo_plugin.cli train ...`.
@@ -9,87 +9,33 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import TrlParser
 
-from .config import EvalConfig, PreferenceConfig
+from .bench import bench
+from .config import EvalConfig
 from .data import ensure_assets, load_preference_dataset, resolve_model
 from .evaluation import EvaluationReport, preference_accuracies, sampled_completions
 from .policies import CompletionSampler
+from .recipe import build_trainer, first_rows, parse_recipe
+from .reference import load_reference
 from .reporting import plot_training_curves, write_json
 from .rewards import GoldSentimentReward, RewardModelReward
 from .scoring import SequenceScorer, as_text
-from .trainer import PreferenceTrainer
 
 logger = logging.getLogger("dpo_plugin")
-
-
-@dataclass
-class DataArguments(ScriptArguments):
-    """TRL's `ScriptArguments` (dataset_name, dataset_config, splits) plus how much of the data a recipe uses."""
-
-    max_train_pairs: int | None = field(
-        default=None, metadata={"help": "Train on the first N pairs of the training split (all when unset)."}
-    )
-    heldout_eval_pairs: int = field(
-        default=0,
-        metadata={
-            "help": "After training, rank the first N pairs of `dataset_test_split` with the reference and the "
-            "trained policy through PreferencePairs-v0 and report the accuracies (0: skip; `dpo-plugin eval` does "
-            "this and more from the saved checkpoint)."
-        },
-    )
-    heldout_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring held-out pairs."})
-
-
-def _first(dataset, n: int | None):
-    return dataset if n is None else dataset.select(range(min(n, len(dataset))))
-
-
-def parse_recipe(argv: list[str]) -> tuple[DataArguments, PreferenceConfig, ModelConfig]:
-    """`--config recipe.yaml` sets defaults, other `--key value` flags override them (TRL's `TrlParser`)."""
-    parser = TrlParser((DataArguments, PreferenceConfig, ModelConfig), prog="dpo-plugin train")
-    data_args, training_args, model_args = parser.parse_args_and_config(argv)
-    if not data_args.dataset_name:
-        parser.error("dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id")
-    if not model_args.model_name_or_path:
-        parser.error("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model)")
-    return data_args, training_args, model_args
 
 
 def train(argv: list[str]) -> dict:
     """Train a recipe; with `heldout_eval_pairs`, also score held-out pairs. Writes the model, metrics and plot."""
     data_args, training_args, model_args = parse_recipe(argv)
-
-    train_pairs = _first(
-        load_preference_dataset(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config),
-        data_args.max_train_pairs,
-    )
-    heldout_pairs = None
-    needs_test_split = data_args.heldout_eval_pairs > 0 or training_args.eval_strategy != "no"
-    if needs_test_split:
-        heldout_pairs = load_preference_dataset(
-            data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config
-        )
-    model_path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
-    )
-    trainer = PreferenceTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_pairs,
-        eval_dataset=heldout_pairs if training_args.eval_strategy != "no" else None,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+    tokenizer = trainer.processing_class
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -99,12 +45,13 @@ def train(argv: list[str]) -> dict:
     results = {
         "recipe": {"data": asdict(data_args), "model": asdict(model_args), "loss_type": training_args.loss_type},
         "train_pairs": len(train_pairs),
+        "reference": trainer.reference_report,
         "train_seconds": round(train_seconds, 1),
         "log_history": trainer.state.log_history,
     }
     if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
         started = time.perf_counter()
-        pairs = as_text(_first(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
+        pairs = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
         accuracy = preference_accuracies(
             *trainer.scorers(data_args.heldout_batch_size), pairs, data_args.heldout_batch_size
         )
@@ -136,7 +83,9 @@ def evaluate(argv: list[str]) -> dict:
         if not getattr(config, name):
             parser.error(f"{name} is required (see recipes/eval.yaml)")
     wanted = max(config.eval_pairs, config.eval_generations)
-    raw = _first(load_preference_dataset(config.dataset_name, config.dataset_test_split, config.dataset_config), wanted)
+    raw = first_rows(
+        load_preference_dataset(config.dataset_name, config.dataset_test_split, config.dataset_config), wanted
+    )
     started = time.perf_counter()
     policy, reference, reference_context, tokenizer = _load_policy_and_reference(config)
     pairs = as_text(raw, tokenizer)
@@ -148,11 +97,11 @@ def evaluate(argv: list[str]) -> dict:
     report = EvaluationReport(pairs=min(config.eval_pairs, len(pairs)), accuracy={})
     if config.eval_pairs:
         report.accuracy = preference_accuracies(
-            *scorers, _first(pairs, config.eval_pairs), config.batch_size, config.seed
+            *scorers, first_rows(pairs, config.eval_pairs), config.batch_size, config.seed
         )
     rewards = _sample_rewards(config, tokenizer, policy.device) if config.eval_generations else {}
     if config.eval_generations:
-        prompts = list(_first(pairs, config.eval_generations)["prompt"])
+        prompts = list(first_rows(pairs, config.eval_generations)["prompt"])
         generation = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
         for name, model, context, kl_scorers in (
             ("reference", reference, reference_context, None),
@@ -176,7 +125,8 @@ def evaluate(argv: list[str]) -> dict:
 def _load_policy_and_reference(config: EvalConfig):
     """The policy, the reference and the context that makes a model call the reference's, and the tokenizer.
 
-    LoRA adapters with no `ref_model_name_or_path` share one model: the reference is the policy, adapters off.
+    LoRA adapters with no `ref_model_name_or_path` and no `ref_quantization` share one model: the reference is the
+    policy, adapters off. Otherwise the reference is loaded as training loaded it (`reference.load_reference`).
     """
     path = resolve_model(config.model_name_or_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -184,14 +134,15 @@ def _load_policy_and_reference(config: EvalConfig):
     policy = (AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM).from_pretrained(path).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     autocast = _autocast(config.bf16, policy.device)
-    if config.ref_model_name_or_path:
-        reference = AutoModelForCausalLM.from_pretrained(resolve_model(config.ref_model_name_or_path))
-        return policy, reference.to(device).eval(), autocast, tokenizer
-    if not is_adapter:
+    if not is_adapter and not config.ref_model_name_or_path:
         raise ValueError(
             f"{path} is a full model, so eval cannot tell what it was trained against: set ref_model_name_or_path "
             "(e.g. smollm2-135m-instruct)."
         )
+    if config.ref_model_name_or_path or config.ref_quantization != "none":
+        checkpoint = config.ref_model_name_or_path or policy.peft_config["default"].base_model_name_or_path
+        reference = load_reference(resolve_model(checkpoint), policy, tokenizer, config.ref_quantization)
+        return policy, reference, autocast, tokenizer
 
     def adapters_off():
         stack = contextlib.ExitStack()
@@ -220,7 +171,7 @@ def _sample_rewards(config: EvalConfig, tokenizer, device) -> dict:
     return rewards
 
 
-COMMANDS = {"train": train, "eval": evaluate, "assets": assets}
+COMMANDS = {"train": train, "eval": evaluate, "bench": bench, "assets": assets}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         commands = ", ".join(COMMANDS)
         print(
             f"usage: dpo-plugin {{{commands}}} ...\n  dpo-plugin train --config recipes/quickstart.yaml\n"
-            "  dpo-plugin eval --config recipes/eval.yaml"
+            "  dpo-plugin eval --config recipes/eval.yaml\n"
+            "  dpo-plugin bench memory --config recipes/dpo_4bit_ref.yaml"
         )
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

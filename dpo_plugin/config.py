@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 PLUGIN_LOSS_TYPES = ("dpo", "ipo", "tdpo1", "tdpo2")
+REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+BNB_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 TDPO_LOSS_TYPES = ("tdpo1", "tdpo2")
 # The loss names TRL 1.16's `DPOTrainer._compute_loss` knows; `ipo` is also a plugin name and the plugin's wins.
 TRL_LOSS_TYPES = (
@@ -63,11 +65,82 @@ class PreferenceConfig(DPOConfig):
         },
     )
 
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint of the frozen reference π_ref (local folder, hub id, or smollm2-135m-instruct). "
+            "Default: the policy's own checkpoint. Same tokenizer as the policy. Not combined with `ref_model=`."
+        },
+    )
+    ref_quantization: str = field(
+        default="none",
+        metadata={
+            "help": "Load the reference with bitsandbytes: `none`, `nf4` or `fp4` (4-bit), `int8` (LLM.int8). The "
+            "policy stays as it is (full precision or LoRA). Works on CUDA and, with bitsandbytes >= 0.46, the CPU.",
+            "choices": list(REF_QUANTIZATIONS),
+        },
+    )
+    ref_bnb_4bit_compute_dtype: str | None = field(
+        default=None,
+        metadata={"help": f"4-bit reference only: dtype of its matmuls, one of {BNB_COMPUTE_DTYPES} (float32)."},
+    )
+    ref_bnb_4bit_use_double_quant: bool = field(
+        default=False,
+        metadata={"help": "4-bit reference only: also quantize the quantization constants (saves ~0.4 bit/weight)."},
+    )
+    ref_gap_batches: int = field(
+        default=4,
+        metadata={
+            "help": "With a quantized reference: before training, measure its gap to the full-precision model on this "
+            "many training batches and log it under `ref/` keys (0: skip)."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         self._validate_objective()
+        self._validate_reference()
         super().__post_init__()
+
+    @property
+    def builds_reference(self) -> bool:
+        """Whether the trainer loads π_ref from a checkpoint (another checkpoint, or a quantized one)."""
+        return self.ref_model_name_or_path is not None or self.ref_quantization != "none"
+
+    def _validate_reference(self) -> None:
+        if self.ref_quantization not in REF_QUANTIZATIONS:
+            raise ValueError(
+                f"ref_quantization {self.ref_quantization!r} is not known. "
+                f"Valid values: {', '.join(REF_QUANTIZATIONS)}."
+            )
+        four_bit = self.ref_quantization in ("nf4", "fp4")
+        if self.ref_bnb_4bit_compute_dtype is not None and self.ref_bnb_4bit_compute_dtype not in BNB_COMPUTE_DTYPES:
+            raise ValueError(
+                f"ref_bnb_4bit_compute_dtype {self.ref_bnb_4bit_compute_dtype!r} is not known. Valid values: "
+                f"{', '.join(BNB_COMPUTE_DTYPES)}."
+            )
+        for name, is_set in (
+            ("ref_bnb_4bit_compute_dtype", self.ref_bnb_4bit_compute_dtype is not None),
+            ("ref_bnb_4bit_use_double_quant", self.ref_bnb_4bit_use_double_quant),
+        ):
+            if is_set and not four_bit:
+                raise ValueError(
+                    f"{name} applies to a 4-bit reference (ref_quantization: nf4 or fp4); ref_quantization is "
+                    f"'{self.ref_quantization}'. Unset {name} or choose a 4-bit ref_quantization."
+                )
+        if self.ref_gap_batches < 0:
+            raise ValueError(f"ref_gap_batches must be >= 0; got {self.ref_gap_batches}.")
+        if self.builds_reference and self.reference_free:
+            raise ValueError(
+                "reference_free runs no reference, so ref_model_name_or_path and ref_quantization have nothing to "
+                "build: unset them or set reference_free: false."
+            )
+        if self.ref_quantization != "none" and self.sync_ref_model:
+            raise ValueError(
+                "sync_ref_model mixes the policy's weights into the reference, which a quantized reference cannot "
+                "take: set sync_ref_model: false or ref_quantization: none."
+            )
 
     @property
     def plugin_loss_type(self) -> str | None:
@@ -143,6 +216,14 @@ class EvalConfig:
         metadata={
             "help": "The reference model. Default: for LoRA adapters, their base model with the adapters off; a full "
             "checkpoint needs it set (e.g. smollm2-135m-instruct)."
+        },
+    )
+    ref_quantization: str = field(
+        default="none",
+        metadata={
+            "help": "Load the reference as training did: `none`, `nf4`, `fp4` or `int8` (bitsandbytes). Of the "
+            "adapters' base model, or of ref_model_name_or_path.",
+            "choices": list(REF_QUANTIZATIONS),
         },
     )
     dataset_name: str = field(default=None, metadata={"help": "Local file or folder, built-in name, or hub id."})

@@ -1,11 +1,28 @@
-"""Building the frozen reference model π_ref deliberately, instead of letting TRL reload it from disk."""
+"""Building the frozen reference model π_ref deliberately: a copy of the policy, or a checkpoint in 4-bit or 8-bit.
+
+TRL reloads the reference from `policy.config._name_or_path` and can only quantize policy and reference together.
+Here the reference is built on purpose, can come from another checkpoint, and can be quantized alone with
+bitsandbytes (NF4/FP4 4-bit or LLM.int8), beside a full-precision or LoRA policy. `quantization_gap` measures what
+the quantization costs against the full-precision reference.
+"""
+
+from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
-from transformers import PreTrainedModel
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from .logprobs import completion_logits, log_probs_from_logits, token_kl, token_logps
 
 logger = logging.getLogger("dpo_plugin")
+
+BNB_DEVICE_TYPES = ("cpu", "cuda")
 
 
 def frozen_copy(policy: PreTrainedModel) -> PreTrainedModel:
@@ -21,3 +38,164 @@ def frozen_copy(policy: PreTrainedModel) -> PreTrainedModel:
         policy.config._name_or_path or "built in memory",
     )
     return reference
+
+
+def bnb_config(quantization: str, compute_dtype: str | None, double_quant: bool | None) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config of a `ref_quantization` mode (None for "none").
+
+    4-bit modes compute in `compute_dtype` (default float32) and quantize the quantization constants too with
+    `double_quant` (default False); `lm_head` stays unquantized, as transformers leaves it.
+    """
+    if quantization == "none":
+        return None
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype or "float32"),
+        bnb_4bit_use_double_quant=bool(double_quant),
+    )
+
+
+def check_bitsandbytes_device(device: torch.device) -> None:
+    """ValueError unless bitsandbytes imports and has a backend for `device` (CUDA, or the CPU from 0.46 on)."""
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ValueError(
+            f"ref_quantization needs bitsandbytes, which does not import here ({error}). Install it "
+            "(pip install 'bitsandbytes>=0.46') or set ref_quantization: none."
+        ) from error
+    if device.type not in BNB_DEVICE_TYPES:
+        raise ValueError(
+            f"ref_quantization: bitsandbytes cannot quantize on device '{device.type}' (it supports "
+            f"{', '.join(BNB_DEVICE_TYPES)}). Set ref_quantization: none, or train on a CUDA GPU or the CPU (use_cpu)."
+        )
+    version = tuple(int(part) for part in bitsandbytes.__version__.split(".")[:2])
+    if device.type == "cpu" and version < (0, 46):
+        raise ValueError(
+            f"bitsandbytes {bitsandbytes.__version__} has no CPU backend (0.46 and later do): upgrade it, train on a "
+            "CUDA GPU, or set ref_quantization: none."
+        )
+
+
+def load_reference(
+    checkpoint: str,
+    policy: PreTrainedModel,
+    policy_tokenizer,
+    quantization: str,
+    compute_dtype: str | None = None,
+    double_quant: bool | None = None,
+    device: torch.device | None = None,
+) -> PreTrainedModel:
+    """π_ref loaded from `checkpoint`, quantized as `quantization` says, frozen, on `device` (default: the policy's).
+
+    The reference must share the policy's tokenizer and vocabulary: the log-ratios compare the same token ids.
+    Raises ValueError (saying what to change) when it does not, or when bitsandbytes cannot run on the device.
+    """
+    device = torch.device(device) if device is not None else policy.device
+    config = bnb_config(quantization, compute_dtype, double_quant)
+    if config is not None:
+        check_bitsandbytes_device(device)
+    _check_same_vocabulary(checkpoint, policy, policy_tokenizer)
+    if quantization == "int8":
+        _quiet_int8_cast_warning()
+    reference = AutoModelForCausalLM.from_pretrained(
+        checkpoint,
+        dtype=policy.dtype,
+        quantization_config=config,
+        device_map={"": device} if config is not None else None,
+    )
+    if config is None:
+        reference.to(device)
+    reference.eval().requires_grad_(False)
+    logger.info(
+        "Reference model: %s from checkpoint %r, %.1f MB.",
+        "full precision" if config is None else quantization.upper(),
+        checkpoint,
+        reference.get_memory_footprint() / 1e6,
+    )
+    return reference
+
+
+def _quiet_int8_cast_warning() -> None:
+    """bitsandbytes' 8-bit matmul logs "inputs will be cast ... to float16" on every call of every layer: the cast
+    is how LLM.int8 works, so the message is dropped once rather than flooding the log."""
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Int8CastFilter) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_Int8CastFilter())
+
+
+class _Int8CastFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be cast from" not in record.getMessage()
+
+
+def _check_same_vocabulary(checkpoint: str, policy: PreTrainedModel, policy_tokenizer) -> None:
+    """ValueError unless `checkpoint` has the policy's tokenizer and output vocabulary size."""
+    tokenizer = getattr(policy_tokenizer, "tokenizer", policy_tokenizer)
+    try:
+        reference_tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except OSError as error:
+        raise ValueError(
+            f"ref_model_name_or_path {checkpoint!r} has no tokenizer to check against the policy's ({error})."
+        ) from error
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"The reference {checkpoint!r} has a different tokenizer from the policy's ({len(reference_tokenizer)} "
+            f"vs {len(tokenizer)} tokens, or the same size with other ids): the log-ratio log π_θ/π_ref needs both "
+            "models to read the same token ids. Use a reference from the policy's model family."
+        )
+    reference_vocab = AutoConfig.from_pretrained(checkpoint).get_text_config().vocab_size
+    policy_vocab = policy.get_output_embeddings().weight.shape[0]
+    if reference_vocab != policy_vocab:
+        raise ValueError(
+            f"The reference {checkpoint!r} predicts over {reference_vocab} tokens and the policy over {policy_vocab}: "
+            "log-ratios and token-level KLs need the same vocabulary. Use a reference with the policy's vocabulary "
+            "size (or resize the policy's embeddings to match)."
+        )
+
+
+@dataclass
+class QuantizationGap:
+    """How far a quantized reference is from the full-precision one, over `sequences` completions.
+
+    `logp_abs_diff_mean` / `_max`: mean and max over sequences of |log π_ref,q(y|x) − log π_ref,full(y|x)|;
+    `token_kl_mean`: mean over completion tokens of KL(π_ref,full(·|x,y<t) ‖ π_ref,q(·|x,y<t)).
+    """
+
+    sequences: int
+    logp_abs_diff_mean: float
+    logp_abs_diff_max: float
+    token_kl_mean: float
+
+    def metrics(self) -> dict[str, float]:
+        """The gap under `ref/` keys, as logged."""
+        return {
+            "ref/logp_abs_diff_mean": self.logp_abs_diff_mean,
+            "ref/logp_abs_diff_max": self.logp_abs_diff_max,
+            "ref/token_kl_mean": self.token_kl_mean,
+        }
+
+
+ModelInContext = tuple[torch.nn.Module, Callable[[], AbstractContextManager]]
+
+
+@torch.no_grad()
+def quantization_gap(full: ModelInContext, quantized: ModelInContext, batches) -> QuantizationGap:
+    """Compare two references, each a (model, context) pair, over `batches` of (model_kwargs, completion_mask)."""
+    diffs: list[Tensor] = []
+    kl_sum, tokens = 0.0, 0
+    for model_kwargs, completion_mask in batches:
+        log_probs, logps = [], []
+        for model, context in (full, quantized):
+            with context():
+                selected, _ = completion_logits(model, model_kwargs, completion_mask)
+            log_probs.append(log_probs_from_logits(selected.logits))
+            logps.append(selected.sequence_sum(token_logps(log_probs[-1], selected.labels)))
+        diffs.append((logps[1] - logps[0]).abs().cpu())
+        kl_sum += token_kl(*log_probs).sum().item()
+        tokens += log_probs[0].size(0)
+    diff = torch.cat(diffs)
+    return QuantizationGap(len(diff), diff.mean().item(), diff.max().item(), kl_sum / max(tokens, 1))

@@ -1,8 +1,9 @@
 """`PreferenceTrainer`: TRL's `DPOTrainer` with the plugin's objectives (DPO/cDPO/reference-free, IPO, TDPO1/TDPO2)."""
 
 import contextlib
+import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from accelerate.utils import is_peft_model
@@ -11,10 +12,10 @@ from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, use_adapter
+from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
 from .config import TDPO_LOSS_TYPES, PreferenceConfig
-from .data import normalize_preference_dataset, validate_preference_dataset
+from .data import normalize_preference_dataset, resolve_model, validate_preference_dataset
 from .logprobs import (
     completion_lengths,
     completion_logits,
@@ -24,8 +25,10 @@ from .logprobs import (
     token_logps,
 )
 from .losses import PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
-from .reference import frozen_copy
+from .reference import QuantizationGap, frozen_copy, load_reference, quantization_gap
 from .scoring import SequenceScorer
+
+logger = logging.getLogger("dpo_plugin")
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
@@ -86,6 +89,17 @@ class PreferenceTrainer(DPOTrainer):
             }
         else:
             eval_dataset = self._checked(eval_dataset, processing_class, args, "eval")
+        building_reference = getattr(args, "builds_reference", False)
+        if building_reference:
+            if ref_model is not None:
+                raise ValueError(
+                    "Got both a ref_model object and ref_model_name_or_path/ref_quantization in the config: pass one. "
+                    "Either unset the config keys, or drop ref_model= and let the trainer build the reference."
+                )
+            self._check_reference_can_be_quantized(args)
+            if isinstance(model, str):
+                model = create_model_from_path(model, **(args.model_init_kwargs or {}))
+            ref_model = self._load_reference(model, processing_class, args)
         needs_copy = (
             ref_model is None
             and isinstance(model, PreTrainedModel)
@@ -111,6 +125,100 @@ class PreferenceTrainer(DPOTrainer):
         )
         if getattr(args, "reference_free", False):
             self.ref_model = None  # TRL insists on building one; reference-free DPO never runs it
+        self.reference_report = None
+        if building_reference:
+            self.reference_report = self._reference_report(self._reference_checkpoint)
+
+    @staticmethod
+    def _check_reference_can_be_quantized(args) -> None:
+        """ValueError for a quantized reference under FSDP or DeepSpeed ZeRO-3, which shard and re-wrap it."""
+        if args.ref_quantization == "none":
+            return
+        zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
+        if zero3 or args.fsdp:
+            raise ValueError(
+                "A quantized reference cannot be sharded by FSDP or DeepSpeed ZeRO-3 (bitsandbytes' packed 4-bit and "
+                "8-bit weights are not shardable parameters). Use DDP or ZeRO-1/2, or set ref_quantization: none."
+            )
+
+    def _load_reference(self, model, processing_class, args) -> PreTrainedModel:
+        """π_ref from `ref_model_name_or_path` (default: the policy's checkpoint), quantized as the config says."""
+        checkpoint = args.ref_model_name_or_path or get_config_model_id(model.config)
+        if not checkpoint:
+            raise ValueError(
+                "The policy was built in memory, so it has no checkpoint to load a quantized reference from: set "
+                "ref_model_name_or_path, or save the policy first with save_pretrained."
+            )
+        self._reference_checkpoint = resolve_model(checkpoint)
+        return load_reference(
+            self._reference_checkpoint,
+            model,
+            processing_class,
+            args.ref_quantization,
+            args.ref_bnb_4bit_compute_dtype,
+            args.ref_bnb_4bit_use_double_quant,
+            device=args.device,
+        )
+
+    def _reference_report(self, checkpoint: str) -> dict:
+        """Which reference was built, its memory, and (quantized) its measured gap to full precision, logged once."""
+        reference = self.accelerator.unwrap_model(self.ref_model)
+        report = {
+            "checkpoint": checkpoint,
+            "quantization": self.args.ref_quantization,
+            "memory_bytes": reference.get_memory_footprint(),
+        }
+        if self.args.ref_quantization != "none" and self.args.ref_gap_batches > 0:
+            gap = self._quantization_gap(checkpoint)
+            report["gap"] = asdict(gap)
+            for key, value in gap.metrics().items():
+                self._metrics["train"][key] = [value]  # folded into the first training log entry
+            logger.info(
+                "Quantized reference (%s) against full precision over %d training completions: "
+                "|Δ log π_ref(y)| mean %.3f, max %.3f; per-token KL %.5f nats. Implicit rewards start off zero by "
+                "about this much.",
+                self.args.ref_quantization.upper(),
+                gap.sequences,
+                gap.logp_abs_diff_mean,
+                gap.logp_abs_diff_max,
+                gap.token_kl_mean,
+            )
+        return report
+
+    def _quantization_gap(self, checkpoint: str) -> QuantizationGap:
+        """Gap between the quantized reference and the full-precision one on the first `ref_gap_batches` batches.
+
+        The full-precision reference is the policy as it starts (adapters off for PEFT) when the reference is the
+        policy's checkpoint, else that checkpoint loaded in full precision for the measurement only.
+        """
+        batch_size = self.args.per_device_train_batch_size
+        rows = self.train_dataset.select(range(min(len(self.train_dataset), self.args.ref_gap_batches * batch_size)))
+        rows = rows.remove_columns([c for c in rows.column_names if c in ("ref_chosen_logps", "ref_rejected_logps")])
+        device = self.args.device
+        batches = []
+        for start in range(0, len(rows), batch_size):
+            batch = self.data_collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            batches.append((self._model_kwargs(batch), batch["completion_mask"]))
+        policy = self.accelerator.unwrap_model(self.model)
+        quantized = (self.ref_model, self._reference_context)
+        if checkpoint == resolve_model(get_config_model_id(policy.config)):
+            was_training = policy.training
+            policy.eval()
+            gap = quantization_gap((policy, self._policy_as_reference_context), quantized, batches)
+            policy.train(was_training)
+            return gap
+        full = load_reference(checkpoint, policy, self.processing_class, "none", device=device)
+        return quantization_gap((full, self.accelerator.autocast), quantized, batches)
+
+    def _policy_as_reference_context(self):
+        """The policy as it starts: the training autocast, and a PEFT policy's adapters off."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.accelerator.autocast())
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(unwrapped):
+            stack.enter_context(unwrapped.disable_adapter())
+        return stack
 
     @staticmethod
     def _checked(dataset, processing_class, args, name: str):

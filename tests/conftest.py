@@ -31,13 +31,14 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer Llama with hidden size 32: random weights, seconds to train on a CPU."""
+def make_model(vocab_size: int, seed: int = 0, hidden_size: int = 32) -> LlamaForCausalLM:
+    """A 2-layer Llama with hidden size 32 (64 for bitsandbytes' CPU 4-bit kernels, whose blocks hold 64 inputs):
+    random weights, seconds to train on a CPU."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

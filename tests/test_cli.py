@@ -9,9 +9,10 @@ from datasets import Dataset
 from test_rewards import tiny_reward_model
 from trl import TrlParser
 
-from dpo_plugin.cli import main, parse_recipe
+from dpo_plugin.cli import main
 from dpo_plugin.config import EvalConfig
 from dpo_plugin.data import InvalidPreferenceData
+from dpo_plugin.recipe import parse_recipe
 
 RECIPE_DIR = Path(__file__).parents[1] / "recipes"
 RECIPES = sorted(path for path in RECIPE_DIR.glob("*.yaml") if path.name != "eval.yaml")
@@ -152,3 +153,25 @@ def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp
     assert set(report["samples"]) == {"reference", "policy"}
     assert report["samples"]["reference"]["kl"] is None and report["samples"]["policy"]["kl"] is not None
     assert len(report["samples"]["policy"]["examples"]) == 3
+
+
+def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_reference(tmp_path):
+    """Train LoRA adapters against an int8 reference, then `eval --ref_quantization int8`: the implicit-reward
+    accuracy on the same held-out pairs equals the one the run measured with its own reference."""
+    tokenizer = make_tokenizer()
+    checkpoint = tmp_path / "tiny-64"
+    make_model(len(tokenizer), hidden_size=64).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(16))
+    run = tmp_path / "run"
+    lora = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]
+    extra = ["--ref_quantization", "int8", "--heldout_eval_pairs", "16", "--learning_rate", "0.05", *lora]
+    main(tiny_run(checkpoint, data, run, *extra))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["reference"]["quantization"] == "int8" and metrics["reference"]["gap"]["sequences"] > 0
+    output = tmp_path / "eval.json"
+    common = ["eval", "--model_name_or_path", str(run), "--dataset_name", str(data), "--eval_pairs", "16"]
+    main([*common, "--eval_generations", "0", "--ref_quantization", "int8", "--output_file", str(output)])
+    evaluated = json.loads(output.read_text())["accuracy"]
+    trained = metrics["heldout"]["accuracy"]
+    assert evaluated == trained
