@@ -6,9 +6,14 @@ memory of one mode never carries over into the next; CUDA peaks are reset per pr
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import multiprocessing
+import os
 import resource
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -72,8 +77,11 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
         trainer, _, _ = build_trainer(data_args, training_args, model_args)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        release_freed_memory()  # loading and the gap measurement free memory that glibc would otherwise keep
+        setup_rss = current_rss_bytes()
         started = time.perf_counter()
-        trainer.train()
+        with PeakRSS() as training_peak:
+            trainer.train()
         seconds = time.perf_counter() - started
     policy = trainer.accelerator.unwrap_model(trainer.model)
     reference = trainer.accelerator.unwrap_model(trainer.ref_model) if trainer.ref_model is not None else None
@@ -82,6 +90,8 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
         "reference": "shared with the policy (adapters off)" if reference is None else "separate model",
         "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
         "policy_bytes": policy.get_memory_footprint(),
+        "rss_after_setup_bytes": setup_rss,
+        "peak_rss_training_bytes": training_peak.bytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         "seconds_per_step": seconds / steps,
@@ -89,13 +99,52 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
     }
 
 
+def current_rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc `malloc_trim`), so RSS reflects what is held, not what was."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakRSS:
+    """The largest resident set size seen while the `with` block runs, sampled every `interval` seconds.
+
+    Unlike `ru_maxrss` (the whole process's peak, model loading included), this is the peak of the block alone.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.bytes = interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.bytes = max(self.bytes, current_rss_bytes())
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.bytes = max(self.bytes, current_rss_bytes())
+
+
 def memory_table(rows: list[dict]) -> str:
     """The measured rows as a Markdown table; the reference's bytes also as a fraction of the `none` row's."""
     baseline = next((row["reference_bytes"] for row in rows if row["ref_quantization"] == "none"), 0)
     lines = [
-        "| reference | reference MB | × full precision | policy MB | peak RSS MB | peak CUDA MB | s/step "
-        "| mean \\|Δ log π_ref(y)\\| | token KL |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| reference | reference MB | × full precision | policy MB | RSS after setup MB | peak RSS training MB "
+        "| peak RSS process MB | peak CUDA MB | s/step | mean \\|Δ log π_ref(y)\\| | token KL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ratio = f"{row['reference_bytes'] / baseline:.2f}" if baseline else "—"
@@ -105,7 +154,8 @@ def memory_table(rows: list[dict]) -> str:
         kl = f"{gap['token_kl_mean']:.4f}" if gap else "—"
         sizes = f"{row['reference_bytes'] / MB:.1f} | {ratio} | {row['policy_bytes'] / MB:.1f}"
         lines.append(
-            f"| {row['ref_quantization']} | {sizes} | {row['peak_rss_bytes'] / MB:.0f} | {cuda} "
+            f"| {row['ref_quantization']} | {sizes} | {row['rss_after_setup_bytes'] / MB:.0f} "
+            f"| {row['peak_rss_training_bytes'] / MB:.0f} | {row['peak_rss_bytes'] / MB:.0f} | {cuda} "
             f"| {row['seconds_per_step']:.2f} | {diff} | {kl} |"
         )
     return "\n".join(lines)

@@ -82,11 +82,14 @@ class PreferenceConfig(DPOConfig):
     )
     ref_bnb_4bit_compute_dtype: str | None = field(
         default=None,
-        metadata={"help": f"4-bit reference only: dtype of its matmuls, one of {BNB_COMPUTE_DTYPES} (float32)."},
+        metadata={
+            "help": f"4-bit reference only (ignored otherwise, as TRL's bnb_4bit_* keys are): dtype of its matmuls, "
+            f"one of {BNB_COMPUTE_DTYPES} (default float32)."
+        },
     )
     ref_bnb_4bit_use_double_quant: bool = field(
         default=False,
-        metadata={"help": "4-bit reference only: also quantize the quantization constants (saves ~0.4 bit/weight)."},
+        metadata={"help": "4-bit reference only (ignored otherwise): also quantize the quantization constants."},
     )
     ref_gap_batches: int = field(
         default=4,
@@ -114,21 +117,11 @@ class PreferenceConfig(DPOConfig):
                 f"ref_quantization {self.ref_quantization!r} is not known. "
                 f"Valid values: {', '.join(REF_QUANTIZATIONS)}."
             )
-        four_bit = self.ref_quantization in ("nf4", "fp4")
         if self.ref_bnb_4bit_compute_dtype is not None and self.ref_bnb_4bit_compute_dtype not in BNB_COMPUTE_DTYPES:
             raise ValueError(
                 f"ref_bnb_4bit_compute_dtype {self.ref_bnb_4bit_compute_dtype!r} is not known. Valid values: "
                 f"{', '.join(BNB_COMPUTE_DTYPES)}."
             )
-        for name, is_set in (
-            ("ref_bnb_4bit_compute_dtype", self.ref_bnb_4bit_compute_dtype is not None),
-            ("ref_bnb_4bit_use_double_quant", self.ref_bnb_4bit_use_double_quant),
-        ):
-            if is_set and not four_bit:
-                raise ValueError(
-                    f"{name} applies to a 4-bit reference (ref_quantization: nf4 or fp4); ref_quantization is "
-                    f"'{self.ref_quantization}'. Unset {name} or choose a 4-bit ref_quantization."
-                )
         if self.ref_gap_batches < 0:
             raise ValueError(f"ref_gap_batches must be >= 0; got {self.ref_gap_batches}.")
         if self.builds_reference and self.reference_free:

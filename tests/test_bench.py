@@ -23,13 +23,16 @@ def test_memory_bench_compares_reference_quantizations(tmp_path, capsys):
     full, nf4 = rows["none"], rows["nf4"]
     assert full["reference"] == nf4["reference"] == "separate model"
     assert 0 < nf4["reference_bytes"] < full["reference_bytes"] and nf4["policy_bytes"] == full["policy_bytes"]
-    assert full["peak_rss_bytes"] > full["policy_bytes"] and nf4["peak_rss_bytes"] > 0
+    for row in (full, nf4):
+        assert row["policy_bytes"] < row["rss_after_setup_bytes"] <= row["peak_rss_training_bytes"]
+        assert row["peak_rss_training_bytes"] <= row["peak_rss_bytes"]
     assert full["gap"] is None and nf4["gap"]["sequences"] > 0
     assert memory_table(list(rows.values())) in capsys.readouterr().out
 
 
 def test_memory_table_ratios_are_to_the_full_precision_row():
-    row = dict(policy_bytes=4e6, peak_rss_bytes=5e8, peak_cuda_bytes=None, seconds_per_step=1.0, gap=None)
+    row = dict(policy_bytes=4e6, peak_cuda_bytes=None, seconds_per_step=1.0, gap=None)
+    row |= dict(rss_after_setup_bytes=4e8, peak_rss_training_bytes=5e8, peak_rss_bytes=6e8)
     table = memory_table(
         [
             {**row, "ref_quantization": "none", "reference_bytes": 4e6},

@@ -115,8 +115,6 @@ def test_another_checkpoint_as_full_precision_reference(checkpoint, tokenizer, t
     ("settings", "message"),
     [
         ({"ref_quantization": "int4"}, "ref_quantization 'int4' is not known"),
-        ({"ref_quantization": "int8", "ref_bnb_4bit_compute_dtype": "bfloat16"}, "applies to a 4-bit reference"),
-        ({"ref_quantization": "none", "ref_bnb_4bit_use_double_quant": True}, "applies to a 4-bit reference"),
         ({"ref_quantization": "nf4", "ref_bnb_4bit_compute_dtype": "int8"}, "ref_bnb_4bit_compute_dtype 'int8'"),
         ({"ref_quantization": "nf4", "reference_free": True}, "reference_free runs no reference"),
         ({"ref_quantization": "nf4", "sync_ref_model": True}, "sync_ref_model mixes"),
