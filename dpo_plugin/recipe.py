@@ -48,8 +48,25 @@ def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin tra
     return (data_args, training_args, model_args, *extra_args)
 
 
+def load_policy(model_args: ModelConfig, training_args: PreferenceConfig):
+    """The policy and its tokenizer as the recipe says (quantized base for QLoRA when `load_in_4bit`/`load_in_8bit`)."""
+    model_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    quantization = get_quantization_config(model_args)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
+        device_map={"": training_args.device} if quantization is not None else None,
+    )
+    return model, tokenizer
+
+
 def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, model_args: ModelConfig):
-    """The recipe's data, policy (quantized base for QLoRA when `load_in_4bit`/`load_in_8bit`) and trainer.
+    """The recipe's data, policy (`load_policy`) and trainer.
 
     Returns `(trainer, train_pairs, heldout_pairs)`; `heldout_pairs` is None when nothing needs the test split.
     """
@@ -63,18 +80,7 @@ def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, mod
         heldout_pairs = load_preference_dataset(
             data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config
         )
-    model_path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    quantization = get_quantization_config(model_args)  # load_in_4bit / load_in_8bit: QLoRA's quantized base
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization,
-        device_map={"": training_args.device} if quantization is not None else None,
-    )
+    model, tokenizer = load_policy(model_args, training_args)
     trainer = PreferenceTrainer(
         model=model,
         args=training_args,

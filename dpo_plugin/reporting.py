@@ -6,11 +6,19 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CURVES = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
+
+
+def device_name() -> str:
+    """The device a measurement ran on, for reports: the CUDA GPU's name, or the CPU and its torch threads."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} torch threads"
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -5,7 +5,7 @@ import json
 from conftest import make_model, make_pairs, make_tokenizer
 from test_cli import tiny_run, write_splits
 
-from dpo_plugin.bench import memory_table
+from dpo_plugin.bench_memory import memory_table
 from dpo_plugin.cli import main
 
 
