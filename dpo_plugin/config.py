@@ -65,6 +65,14 @@ class PreferenceConfig(DPOConfig):
         },
     )
 
+    share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Plugin objectives: encode each pair's prompt once, packing [prompt | chosen | rejected] into one "
+            "row with a 4-D attention mask (same log-probs, fewer tokens). Falls back to TRL's two rows per pair for "
+            "models other than Llama/Qwen2/Qwen3 with sdpa or eager attention, and for batches it cannot pack."
+        },
+    )
     ref_model_name_or_path: str | None = field(
         default=None,
         metadata={

@@ -20,11 +20,11 @@ from .logprobs import (
     completion_lengths,
     completion_logits,
     log_probs_from_logits,
-    sequence_logps,
     token_kl,
     token_logps,
 )
 from .losses import PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
+from .packing import completion_logits_shared_prompt
 from .reference import QuantizationGap, frozen_copy, load_reference, quantization_gap
 from .scoring import SequenceScorer
 
@@ -296,13 +296,13 @@ class PreferenceTrainer(DPOTrainer):
         faster than TRL's fused LM head; its memory grows with completion tokens × vocabulary.
         """
         completion_mask = inputs["completion_mask"]
-        policy, outputs = completion_logits(model, model_kwargs, completion_mask)
+        policy, outputs = self._completion_logits(model, model_kwargs, completion_mask)
         policy_log_probs = log_probs_from_logits(policy.logits)
         seq_kl = None
         if token_level:
             ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
             with torch.no_grad(), self._reference_context():
-                reference, _ = completion_logits(self._reference_model(), ref_kwargs, completion_mask)
+                reference, _ = self._completion_logits(self._reference_model(), ref_kwargs, completion_mask)
                 ref_log_probs = log_probs_from_logits(reference.logits)
             ref_logps = reference.sequence_sum(token_logps(ref_log_probs, reference.labels))
             seq_kl = policy.sequence_sum(token_kl(ref_log_probs, policy_log_probs))
@@ -335,7 +335,15 @@ class PreferenceTrainer(DPOTrainer):
         if self._plugin_loss_type is None:
             return super().compute_ref_log_probs(model, inputs)
         with torch.no_grad(), self._reference_context():
-            return sequence_logps(model, self._model_kwargs(inputs), inputs["completion_mask"]).chunk(2)
+            selected, _ = self._completion_logits(model, self._model_kwargs(inputs), inputs["completion_mask"])
+            return selected.sequence_sum(token_logps(log_probs_from_logits(selected.logits), selected.labels)).chunk(2)
+
+    def _completion_logits(self, model, model_kwargs, completion_mask):
+        """`completion_logits`, through shared-prompt packing (`packing.py`) when `share_prompt` is on and the
+        batch and model allow it."""
+        if getattr(self.args, "share_prompt", False):
+            return completion_logits_shared_prompt(model, model_kwargs, completion_mask)
+        return completion_logits(model, model_kwargs, completion_mask)
 
     def scorers(self, batch_size: int = 16) -> tuple[SequenceScorer, SequenceScorer]:
         """`SequenceScorer`s of the trained policy and of the reference it trains against, in training precision."""
