@@ -48,6 +48,15 @@ def make_model(vocab_size: int, seed: int = 0, hidden_size: int = 32) -> LlamaFo
     return LlamaForCausalLM(config)
 
 
+def save_checkpoint(folder, model=None, tokenizer=None, hidden_size: int = 32):
+    """Save `model` (default: a fresh `make_model`) with `tokenizer` (default: `make_tokenizer`); returns the path."""
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
+    model = model if model is not None else make_model(len(tokenizer), hidden_size=hidden_size)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def make_pairs(n: int = 16) -> Dataset:
     """String preference pairs of varied lengths, so batches mix padding and completion lengths."""
     rows = []

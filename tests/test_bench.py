@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import make_model, make_pairs, make_tokenizer
+from conftest import make_pairs, save_checkpoint
 from test_cli import tiny_run, write_splits
 
 from dpo_plugin.bench_memory import memory_table
@@ -10,10 +10,7 @@ from dpo_plugin.cli import main
 
 
 def test_memory_bench_compares_reference_quantizations(tmp_path, capsys):
-    tokenizer = make_tokenizer()
-    checkpoint = tmp_path / "tiny-64"
-    make_model(len(tokenizer), hidden_size=64).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = save_checkpoint(tmp_path / "tiny-64", hidden_size=64)
     data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4))
     output = tmp_path / "bench.json"
     _, *recipe = tiny_run(checkpoint, data, tmp_path / "unused")

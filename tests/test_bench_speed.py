@@ -3,7 +3,7 @@
 import json
 
 import torch
-from conftest import make_model, make_pairs, make_tokenizer
+from conftest import make_pairs, save_checkpoint
 from test_cli import tiny_run, write_splits
 
 from dpo_plugin.bench_speed import _batches, _raw_bound, speed_table
@@ -12,10 +12,7 @@ from dpo_plugin.recipe import build_trainer, parse_recipe
 
 
 def tiny_recipe(tmp_path, *extra):
-    tokenizer = make_tokenizer()
-    checkpoint = tmp_path / "tiny"
-    make_model(len(tokenizer)).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = save_checkpoint(tmp_path / "tiny")
     data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
     _, *recipe = tiny_run(checkpoint, data, tmp_path / "unused", *extra)
     return recipe

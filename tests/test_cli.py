@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_model, make_pairs, make_tokenizer
+from conftest import make_pairs, make_tokenizer, save_checkpoint
 from datasets import Dataset
 from test_rewards import tiny_reward_model
 from trl import TrlParser
@@ -43,11 +43,7 @@ def test_invalid_override_is_refused_before_anything_runs():
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    folder = tmp_path / "tiny-model"
-    tokenizer = make_tokenizer()
-    make_model(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_checkpoint(tmp_path / "tiny-model")
 
 
 def write_splits(folder: Path, train: Dataset, test: Dataset) -> Path:
@@ -126,8 +122,7 @@ def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
     main(tiny_run(tiny_checkpoint, data, tmp_path / "run"))
     reward_model = tmp_path / "reward-model"
-    tiny_reward_model(make_tokenizer()).save_pretrained(reward_model)
-    make_tokenizer().save_pretrained(reward_model)
+    save_checkpoint(reward_model, model=tiny_reward_model(make_tokenizer()))
     output = tmp_path / "eval.json"
     common = ["eval", "--model_name_or_path", str(tmp_path / "run"), "--dataset_name", str(data)]
     common += ["--eval_pairs", "8", "--eval_generations", "3", "--max_new_tokens", "4", "--batch_size", "2"]
@@ -158,10 +153,7 @@ def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp
 def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_reference(tmp_path):
     """Train LoRA adapters against an int8 reference, then `eval --ref_quantization int8`: the implicit-reward
     accuracy on the same held-out pairs equals the one the run measured with its own reference."""
-    tokenizer = make_tokenizer()
-    checkpoint = tmp_path / "tiny-64"
-    make_model(len(tokenizer), hidden_size=64).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = save_checkpoint(tmp_path / "tiny-64", hidden_size=64)
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(16))
     run = tmp_path / "run"
     lora = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_model, make_pairs, make_tokenizer
+from conftest import make_model, make_pairs, make_tokenizer, save_checkpoint
 from peft import LoraConfig
 from test_trainer import tiny_args
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -15,12 +15,6 @@ from dpo_plugin.reference import check_bitsandbytes_device, load_reference
 from dpo_plugin.scoring import SequenceScorer, as_text
 
 GAP_KEYS = ("ref/logp_abs_diff_mean", "ref/logp_abs_diff_max", "ref/token_kl_mean")
-
-
-def save_checkpoint(path, model, tokenizer):
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture
