@@ -65,6 +65,13 @@ class PreferenceConfig(DPOConfig):
         },
     )
 
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "When a step's loss or gradients are NaN/inf, skip that optimizer step (counted under "
+            "`nonfinite_skipped`) instead of stopping with an error naming the step and the last checkpoint."
+        },
+    )
     share_prompt: bool = field(
         default=True,
         metadata={

@@ -16,6 +16,13 @@ from trl.trainer.utils import create_model_from_path, get_config_model_id, use_a
 
 from .config import TDPO_LOSS_TYPES, PreferenceConfig
 from .data import normalize_preference_dataset, resolve_model, validate_preference_dataset
+from .guards import (
+    NonFiniteTrainingError,
+    drop_gradients,
+    gradients_are_finite,
+    nonfinite_step_message,
+    weights_are_finite,
+)
 from .logprobs import (
     completion_lengths,
     completion_logits,
@@ -219,6 +226,30 @@ class PreferenceTrainer(DPOTrainer):
         if is_peft_model(unwrapped):
             stack.enter_context(unwrapped.disable_adapter())
         return stack
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """TRL's step, then the non-finite guard: a NaN/inf loss or gradient raises `NonFiniteTrainingError` before
+        the optimizer touches the weights, or with `skip_nonfinite_steps` drops this step's gradients and goes on."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        what = "loss" if not torch.isfinite(loss) else None if gradients_are_finite(model) else "gradients"
+        if what is None:
+            return loss
+        step = self.state.global_step + 1
+        if not getattr(self.args, "skip_nonfinite_steps", False):
+            raise NonFiniteTrainingError(nonfinite_step_message(what, step, self.args.output_dir))
+        drop_gradients(model)
+        self._metrics["train"]["nonfinite_skipped"].append(1.0)
+        logger.warning("Non-finite %s at optimizer step %d: step skipped (skip_nonfinite_steps).", what, step)
+        return torch.zeros_like(loss)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's save, refused (`NonFiniteTrainingError`, nothing written) when a weight is NaN or infinite."""
+        if not weights_are_finite(self.accelerator.unwrap_model(self.model)):
+            raise NonFiniteTrainingError(
+                f"The policy has NaN or infinite weights at step {self.state.global_step}: not saving them to "
+                f"{output_dir or self.args.output_dir}. Resume from the last good checkpoint, lowering learning_rate."
+            )
+        super().save_model(output_dir, _internal_call)
 
     @staticmethod
     def _checked(dataset, processing_class, args, name: str):
