@@ -99,8 +99,9 @@ def evaluate(argv: list[str]) -> dict:
         report.accuracy = preference_accuracies(
             *scorers, first_rows(pairs, config.eval_pairs), config.batch_size, config.seed
         )
-    rewards = _sample_rewards(config, tokenizer, policy.device) if config.eval_generations else {}
+    rewards = {}
     if config.eval_generations:
+        rewards = _sample_rewards(config, tokenizer, policy.device)
         prompts = list(first_rows(pairs, config.eval_generations)["prompt"])
         generation = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
         for name, model, context, kl_scorers in (
@@ -114,9 +115,9 @@ def evaluate(argv: list[str]) -> dict:
     print(report.table())
     results = {"config": asdict(config), **report.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
     if "gold_sentiment" in rewards:
-        classifier = rewards["gold_sentiment"].classifier
-        results["gold_sentiment_classifier"] = classifier.summary()
-        print(f"  gold sentiment classifier: {classifier.summary()['description']}")
+        summary = rewards["gold_sentiment"].classifier.summary()
+        results["gold_sentiment_classifier"] = summary
+        print(f"  gold sentiment classifier: {summary['description']}")
     write_json(Path(config.output_file), results)
     print(f"Wrote {config.output_file}")
     return results

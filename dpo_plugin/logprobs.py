@@ -85,7 +85,11 @@ def completion_logits(model, model_kwargs: dict, completion_mask: Tensor) -> tup
     return CompletionLogits(logits, labels, mask), outputs
 
 
-def sequence_logps(model, model_kwargs: dict, completion_mask: Tensor) -> Tensor:
-    """log π(y|x) = Σ_t log π(y_t | x, y<t) over each row's completion tokens, through `completion_logits`."""
-    selected, _ = completion_logits(model, model_kwargs, completion_mask)
+def summed_logps(selected: CompletionLogits) -> Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y<t) per row, from the completion positions' logits."""
     return selected.sequence_sum(token_logps(log_probs_from_logits(selected.logits), selected.labels))
+
+
+def sequence_logps(model, model_kwargs: dict, completion_mask: Tensor) -> Tensor:
+    """log π(y|x) over each row's completion tokens, through `completion_logits`."""
+    return summed_logps(completion_logits(model, model_kwargs, completion_mask)[0])

@@ -27,6 +27,7 @@ from .logprobs import (
     completion_lengths,
     completion_logits,
     log_probs_from_logits,
+    summed_logps,
     token_kl,
     token_logps,
 )
@@ -367,7 +368,7 @@ class PreferenceTrainer(DPOTrainer):
             return super().compute_ref_log_probs(model, inputs)
         with torch.no_grad(), self._reference_context():
             selected, _ = self._completion_logits(model, self._model_kwargs(inputs), inputs["completion_mask"])
-            return selected.sequence_sum(token_logps(log_probs_from_logits(selected.logits), selected.labels)).chunk(2)
+            return summed_logps(selected).chunk(2)
 
     def _completion_logits(self, model, model_kwargs, completion_mask):
         """`completion_logits`, through shared-prompt packing (`packing.py`) when `share_prompt` is on and the

@@ -7,7 +7,7 @@ from test_trainer import tiny_args
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
-from dpo_plugin.logprobs import completion_logits, log_probs_from_logits, token_logps
+from dpo_plugin.logprobs import completion_logits, summed_logps
 from dpo_plugin.packing import completion_logits_shared_prompt, pack_pairs, supports_shared_prompt
 
 
@@ -20,10 +20,6 @@ def batch(tokenizer, tmp_path):
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, batch["completion_mask"]
-
-
-def sequence_logps(selected):
-    return selected.sequence_sum(token_logps(log_probs_from_logits(selected.logits), selected.labels))
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -39,7 +35,7 @@ def test_packed_logits_equal_the_plain_paths(tokenizer, batch, attention):
         packed, _ = completion_logits_shared_prompt(model, model_kwargs, completion_mask)
     torch.testing.assert_close(packed.logits, plain.logits, rtol=0, atol=1e-5)
     assert torch.equal(packed.labels, plain.labels)
-    torch.testing.assert_close(sequence_logps(packed), sequence_logps(plain), rtol=0, atol=1e-4)
+    torch.testing.assert_close(summed_logps(packed), summed_logps(plain), rtol=0, atol=1e-4)
 
 
 def test_packed_gradients_equal_the_plain_paths(tokenizer, batch):
@@ -48,7 +44,7 @@ def test_packed_gradients_equal_the_plain_paths(tokenizer, batch):
     for path in (completion_logits, completion_logits_shared_prompt):
         model = make_model(len(tokenizer))
         selected, _ = path(model, model_kwargs, completion_mask)
-        sequence_logps(selected).sum().backward()
+        summed_logps(selected).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
 
