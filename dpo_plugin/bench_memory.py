@@ -71,7 +71,7 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = ["--ref_quantization", mode, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
-        data_args, training_args, model_args, _ = parse_recipe(
+        data_args, training_args, model_args, _, _ = parse_recipe(
             [*argv, *overrides], extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory"
         )
         trainer, _, _ = build_trainer(data_args, training_args, model_args)

@@ -158,7 +158,7 @@ def _contenders(argv, bench_args, steps_per_turn: int, output_dir: str):
     overrides += ["--heldout_eval_pairs", "0", "--logging_steps", "1", "--disable_tqdm", "true"]
     contenders: dict = {}
     for objective in bench_args.bench_objectives:
-        data_args, args, model_args, _ = parse_recipe(
+        data_args, args, model_args, _, _ = parse_recipe(
             [*argv, *overrides, "--loss_type", objective], extra=(SpeedBenchArguments,), prog="dpo-plugin bench speed"
         )
         plugin, train_pairs, _ = build_trainer(data_args, args, model_args)

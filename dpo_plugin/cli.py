@@ -1,12 +1,14 @@
 """The `dpo-plugin` console script: `train`, `eval`, `bench` (each `--config recipe.yaml [--key value ...]`), `assets`.
 
 Recipes are TRL-style YAML (flat `DPOConfig` keys plus the plugin's fields) read with TRL's own parser, so any key can
-be overridden on the command line; `train` runs unchanged under `accelerate launch -m dpo_plugin.cli train ...`.
+be overridden on the command line; `train` runs unchanged under `accelerate launch -m dpo_plugin.cli train ...`, or
+launches itself when the recipe sets `num_processes` / `accelerate_config`.
 """
 
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -15,12 +17,14 @@ from pathlib import Path
 import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 from .bench import bench
 from .config import EvalConfig
 from .data import ensure_assets, load_preference_dataset, resolve_model
 from .evaluation import EvaluationReport, preference_accuracies, sampled_completions
+from .launch import launch_training
 from .policies import CompletionSampler
 from .recipe import build_trainer, first_rows, parse_recipe
 from .reference import load_reference
@@ -31,15 +35,25 @@ from .scoring import SequenceScorer, as_text
 logger = logging.getLogger("dpo_plugin")
 
 
-def train(argv: list[str]) -> dict:
-    """Train a recipe; with `heldout_eval_pairs`, also score held-out pairs. Writes the model, metrics and plot."""
-    data_args, training_args, model_args = parse_recipe(argv)
+def train(argv: list[str]) -> dict | None:
+    """Train a recipe; with `heldout_eval_pairs`, also score held-out pairs. Writes the model, metrics and plot.
+
+    With `num_processes` or `accelerate_config`, re-runs itself under `accelerate launch` (`launch.py`). Stopped by
+    SIGTERM/SIGINT, it saves a checkpoint, writes no final outputs, says how to resume, and exits with 128 + signal.
+    """
+    data_args, training_args, model_args, launch_args = parse_recipe(argv)
+    if launch_args.wants_launch:
+        launch_training(argv, launch_args, "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no")
+        return None
+    resume_from = _resume_checkpoint(training_args)
     trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
     tokenizer = trainer.processing_class
 
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
+    if trainer.interrupted_by is not None:
+        _exit_interrupted(trainer, argv)
     trainer.save_model(training_args.output_dir)
 
     results = {
@@ -66,6 +80,33 @@ def train(argv: list[str]) -> dict:
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title)
         print(f"Wrote {output_dir / 'metrics.json'} and {output_dir / 'training_curves.png'}")
     return results
+
+
+def _resume_checkpoint(training_args) -> str | None:
+    """`resume_from_checkpoint` as a folder: `true`/`last` mean the newest complete checkpoint in `output_dir`."""
+    value = training_args.resume_from_checkpoint
+    if value is None or value.lower() not in ("true", "last"):
+        return value
+    checkpoint = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+    if checkpoint is None:
+        raise ValueError(
+            f"resume_from_checkpoint: {value} found no checkpoint-<step> folder in {training_args.output_dir}: "
+            "pass a checkpoint folder, or drop the key to start afresh."
+        )
+    return checkpoint
+
+
+def _exit_interrupted(trainer, argv: list[str]) -> None:
+    """Say where the run stopped and how to resume it, then exit with 128 + the signal's number (as a shell does)."""
+    signum = trainer.interrupted_by
+    if trainer.accelerator.is_main_process:
+        checkpoint = get_last_checkpoint(trainer.args.output_dir)
+        print(
+            f"Stopped by {signal.Signals(signum).name} at step {trainer.state.global_step}: checkpoint {checkpoint}; "
+            "no final model or metrics were written. Resume with:\n"
+            f"  dpo-plugin train {' '.join(argv)} --resume_from_checkpoint {checkpoint}"
+        )
+    sys.exit(128 + signum)
 
 
 def assets(argv: list[str]) -> None:

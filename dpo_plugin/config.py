@@ -72,6 +72,14 @@ class PreferenceConfig(DPOConfig):
             "`nonfinite_skipped`) instead of stopping with an error naming the step and the last checkpoint."
         },
     )
+    save_on_interrupt: bool = field(
+        default=True,
+        metadata={
+            "help": "On SIGTERM or SIGINT (Ctrl-C), finish the optimizer step in progress, save a checkpoint and stop, "
+            "so `resume_from_checkpoint` continues exactly where the run was stopped. False: Python's default "
+            "handling (the process dies; the last complete checkpoint is still intact)."
+        },
+    )
     share_prompt: bool = field(
         default=True,
         metadata={

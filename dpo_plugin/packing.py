@@ -15,6 +15,7 @@ predicted from the last prompt position. `completion_logits_shared_prompt` retur
 from __future__ import annotations
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor
 
 from .logprobs import CompletionLogits, completion_logits
@@ -26,8 +27,9 @@ SHARED_PROMPT_ATTENTION = ("sdpa", "eager")
 
 
 def supports_shared_prompt(model) -> bool:
-    """Whether `model`'s architecture and attention implementation can run the packed rows."""
-    config = model.config
+    """Whether `model`'s architecture and attention implementation can run the packed rows (DDP/FSDP/DeepSpeed
+    wrappers are looked through)."""
+    config = extract_model_from_parallel(model).config
     return config.model_type in SHARED_PROMPT_MODEL_TYPES and config._attn_implementation in SHARED_PROMPT_ATTENTION
 
 
@@ -100,8 +102,9 @@ def completion_logits_shared_prompt(model, model_kwargs: dict, completion_mask: 
         return completion_logits(model, model_kwargs, completion_mask)
     start = int(packed["columns"].min())
     mask = packed["mask"]
-    if model.config._attn_implementation == "eager":  # eager attention adds its mask
-        dtype = model.get_input_embeddings().weight.dtype
+    unwrapped = extract_model_from_parallel(model)
+    if unwrapped.config._attn_implementation == "eager":  # eager attention adds its mask
+        dtype = unwrapped.get_input_embeddings().weight.dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     outputs = model(
         input_ids=packed["input_ids"],

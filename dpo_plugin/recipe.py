@@ -8,6 +8,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 
 from .config import PreferenceConfig
 from .data import load_preference_dataset, resolve_model
+from .launch import LaunchArguments
 from .trainer import PreferenceTrainer
 
 
@@ -37,15 +38,15 @@ def first_rows(dataset, n: int | None):
 def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin train") -> tuple:
     """`--config recipe.yaml` sets defaults, other `--key value` flags override them (TRL's `TrlParser`).
 
-    Returns `(data_args, training_args, model_args, *extra_args)`, one per dataclass in `extra`.
+    Returns `(data_args, training_args, model_args, launch_args, *extra_args)`, one per dataclass in `extra`.
     """
-    parser = TrlParser((DataArguments, PreferenceConfig, ModelConfig, *extra), prog=prog)
-    data_args, training_args, model_args, *extra_args = parser.parse_args_and_config(argv)
+    parser = TrlParser((DataArguments, PreferenceConfig, ModelConfig, LaunchArguments, *extra), prog=prog)
+    data_args, training_args, model_args, launch_args, *extra_args = parser.parse_args_and_config(argv)
     if not data_args.dataset_name:
         parser.error("dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id")
     if not model_args.model_name_or_path:
         parser.error("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model)")
-    return (data_args, training_args, model_args, *extra_args)
+    return (data_args, training_args, model_args, launch_args, *extra_args)
 
 
 def load_policy(model_args: ModelConfig, training_args: PreferenceConfig):

@@ -1,12 +1,12 @@
 """Run outputs a person reads: the metrics JSON and the training-curve plot, each written atomically."""
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
 import torch
+
+from .atomic import atomic_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,25 +21,12 @@ def device_name() -> str:
     return f"CPU, {torch.get_num_threads()} torch threads"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(temporary_path)`, then rename it onto `path`: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def write_json(path: Path, payload: dict) -> None:
     def write(temporary: str) -> None:
         with open(temporary, "w") as file:
             json.dump(payload, file, indent=2)
 
-    _atomic_write(Path(path), write)
+    atomic_file(Path(path), write)
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -69,5 +56,5 @@ def plot_training_curves(log_history: list[dict], path: Path, title: str = "", w
         axis.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
-    _atomic_write(Path(path), lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    atomic_file(Path(path), lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)

@@ -1,19 +1,24 @@
 """`PreferenceTrainer`: TRL's `DPOTrainer` with the plugin's objectives (DPO/cDPO/reference-free, IPO, TDPO1/TDPO2)."""
 
 import contextlib
+import json
 import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
+from .atomic import atomic_file, publish_folder, remove_staging, staging_folder
 from .config import TDPO_LOSS_TYPES, PreferenceConfig
 from .data import normalize_preference_dataset, resolve_model, validate_preference_dataset
 from .guards import (
@@ -23,6 +28,7 @@ from .guards import (
     nonfinite_step_message,
     weights_are_finite,
 )
+from .interruption import CheckpointOnInterrupt
 from .logprobs import (
     completion_lengths,
     completion_logits,
@@ -39,6 +45,8 @@ from .scoring import SequenceScorer
 logger = logging.getLogger("dpo_plugin")
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+# Trainer state that TRL keeps outside `TrainerState`, saved in each checkpoint so a resumed run logs the same metrics.
+_PLUGIN_STATE_NAME = "dpo_plugin_state.json"
 
 
 @dataclass
@@ -136,6 +144,10 @@ class PreferenceTrainer(DPOTrainer):
         self.reference_report = None
         if building_reference:
             self.reference_report = self._reference_report(self._reference_checkpoint)
+        self.interruption = CheckpointOnInterrupt(self.accelerator)
+        if getattr(args, "save_on_interrupt", True):
+            self.add_callback(self.interruption)
+        self._staging_run_dir = None
 
     @staticmethod
     def _check_reference_can_be_quantized(args) -> None:
@@ -228,6 +240,13 @@ class PreferenceTrainer(DPOTrainer):
             stack.enter_context(unwrapped.disable_adapter())
         return stack
 
+    def train(self, *args, **kwargs):
+        """TRL's `train`; the SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed however it ends."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.interruption.restore_handlers()
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step, then the non-finite guard: a NaN/inf loss or gradient raises `NonFiniteTrainingError` before
         the optimizer touches the weights, or with `skip_nonfinite_steps` drops this step's gradients and goes on."""
@@ -244,13 +263,96 @@ class PreferenceTrainer(DPOTrainer):
         return torch.zeros_like(loss)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """TRL's save, refused (`NonFiniteTrainingError`, nothing written) when a weight is NaN or infinite."""
+        """TRL's save, staged: the files are written to a hidden folder beside `output_dir`, then each is renamed into
+        place, so none is ever half-written. Refused (`NonFiniteTrainingError`, nothing written) when a weight is NaN
+        or infinite. Checkpoints (`_internal_call`) are staged whole by `_save_checkpoint`."""
+        output_dir = output_dir or self.args.output_dir
         if not weights_are_finite(self.accelerator.unwrap_model(self.model)):
             raise NonFiniteTrainingError(
                 f"The policy has NaN or infinite weights at step {self.state.global_step}: not saving them to "
-                f"{output_dir or self.args.output_dir}. Resume from the last good checkpoint, lowering learning_rate."
+                f"{output_dir}. Resume from the last good checkpoint, lowering learning_rate."
             )
-        super().save_model(output_dir, _internal_call)
+        if _internal_call:
+            super().save_model(output_dir, _internal_call)
+            return
+        self._staged(Path(output_dir), lambda staging: super(PreferenceTrainer, self).save_model(str(staging)))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """TRL's checkpoint (model, optimizer, scheduler, RNG, trainer state), written whole to a hidden staging
+        folder, then renamed to `checkpoint-<step>` in one step: a kill at any moment leaves only complete checkpoints.
+
+        Rotation (`save_total_limit`) and the best-checkpoint bookkeeping run once the checkpoint is in place.
+        """
+        run_dir = Path(self._get_output_dir(trial))
+        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+
+        def write(staging: Path) -> None:
+            self._staging_run_dir = str(staging)
+            try:
+                super(PreferenceTrainer, self)._save_checkpoint(model, trial)
+            finally:
+                self._staging_run_dir = None
+            staged = staging / checkpoint.name
+            if self.args.should_save:
+                self._record_best_checkpoint(run_dir, staged)
+                plugin_state = {"total_train_tokens": self._total_train_tokens}
+                atomic_file(staged / _PLUGIN_STATE_NAME, lambda path: Path(path).write_text(json.dumps(plugin_state)))
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                publish_folder(staged, checkpoint)
+
+        self._staged(checkpoint, write, publish=False)
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def _staged(self, target: Path, write, publish: bool = True) -> None:
+        """`write(staging)` into `target`'s staging folder (any stale one from a killed run removed first), then
+        `publish_folder` it onto `target` (unless `publish` is False: `write` did). All processes write; the main
+        process clears and publishes; a failed write leaves no staging folder."""
+        staging = staging_folder(target)
+        if self.accelerator.is_main_process:
+            remove_staging(staging)
+        self.accelerator.wait_for_everyone()
+        try:
+            write(staging)
+            self.accelerator.wait_for_everyone()
+            if publish and self.accelerator.is_main_process:
+                publish_folder(staging, target)
+        finally:
+            if self.accelerator.is_main_process:
+                remove_staging(staging)
+
+    def _get_output_dir(self, trial) -> str:
+        """The run folder, or while a checkpoint is being written, its staging folder."""
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _record_best_checkpoint(self, run_dir: Path, staged: Path) -> None:
+        """Point `best_model_checkpoint` at the published folder of the best step (Transformers looked for it in the
+        staging folder), and rewrite the staged trainer state with it."""
+        if not self.state.best_global_step:
+            return
+        best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+        if best.exists() or best.name == staged.name:
+            self.state.best_model_checkpoint = str(best)
+            self.state.save_to_json(str(staged / "trainer_state.json"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Transformers' restore, plus the state TRL keeps outside `TrainerState` (the `num_tokens` count)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint and os.path.isfile(os.path.join(checkpoint, _PLUGIN_STATE_NAME)):
+            with open(os.path.join(checkpoint, _PLUGIN_STATE_NAME)) as file:
+                self._total_train_tokens = json.load(file)["total_train_tokens"]
+
+    @property
+    def interrupted_by(self) -> int | None:
+        """The signal (SIGTERM or SIGINT) that stopped the last `train()` early, after saving a checkpoint; None when
+        training ran to its end."""
+        return self.interruption.stopped_by
 
     @staticmethod
     def _checked(dataset, processing_class, args, name: str):

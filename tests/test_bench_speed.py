@@ -40,7 +40,7 @@ def test_speed_bench_times_trl_the_plugin_and_the_raw_bound(tmp_path, capsys):
 
 def test_raw_bound_computes_the_loss_the_plugin_trains(tmp_path):
     recipe = tiny_recipe(tmp_path, "--loss_type", "dpo", "--output_dir", str(tmp_path / "out"))
-    data_args, args, model_args = parse_recipe(recipe)
+    data_args, args, model_args, _ = parse_recipe(recipe)
     plugin, _, _ = build_trainer(data_args, args, model_args)
     (batch,) = _batches(plugin, 1)
     raw = _raw_bound(plugin, [batch], model_args, args)

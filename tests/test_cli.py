@@ -21,14 +21,14 @@ RECIPES = sorted(path for path in RECIPE_DIR.glob("*.yaml") if path.name != "eva
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
 def test_every_recipe_parses_with_no_unknown_keys(recipe):
     # --use_cpu: GPU recipes ask for bf16, which TrainingArguments refuses on a machine with no GPU otherwise
-    data_args, training_args, model_args = parse_recipe(["--config", str(recipe), "--use_cpu", "true"])
+    data_args, training_args, model_args, _ = parse_recipe(["--config", str(recipe), "--use_cpu", "true"])
     assert data_args.dataset_name and model_args.model_name_or_path
     assert training_args.plugin_loss_type in ("dpo", "ipo", "tdpo1", "tdpo2")
 
 
 def test_command_line_flags_override_the_recipe():
     recipe = str(RECIPES[0].parent / "quickstart.yaml")
-    data_args, training_args, _ = parse_recipe(
+    data_args, training_args, _, _ = parse_recipe(
         ["--config", recipe, "--beta", "0.3", "--loss_type", "tdpo2", "--max_train_pairs", "7"]
     )
     assert training_args.beta == 0.3 and training_args.plugin_loss_type == "tdpo2"
