@@ -8,10 +8,13 @@ Running under `accelerate launch` (or `torchrun`) directly works too; then these
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate.commands.launch import launch_command, launch_command_parser
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -85,13 +88,20 @@ def launch_arguments(launch: LaunchArguments, mixed_precision: str) -> list[str]
 
 def launch_training(argv: list[str], launch: LaunchArguments, mixed_precision: str) -> None:
     """Run `dpo-plugin train <argv>` in `launch.num_processes` processes under `accelerate launch`; returns when all
-    have finished (raises when one failed)."""
+    have finished, raises when one failed, and exits with 128 + the signal when SIGTERM/SIGINT stopped them."""
     flags = launch_arguments(launch, mixed_precision)
     logger.info("Launching: accelerate launch %s -m dpo_plugin.cli train %s", " ".join(flags), " ".join(argv))
     os.environ[LAUNCHED_ENV] = "1"
     handlers = {signum: signal.getsignal(signum) for signum in RELAYED_SIGNALS}
     try:
         launch_command(launch_command_parser().parse_args([*flags, "-m", "dpo_plugin.cli", "train", *argv]))
+    except SignalException as error:  # the launcher was signalled and relayed it: the processes saved and stopped
+        sys.exit(128 + error.sigval)
+    except ChildFailedError as error:
+        exit_codes = {failure.exitcode for failure in error.failures.values()}
+        if exit_codes <= {128 + signum for signum in (signal.SIGTERM, signal.SIGINT)}:
+            sys.exit(max(exit_codes))  # every process was signalled, saved a checkpoint and said how to resume
+        raise
     finally:
         del os.environ[LAUNCHED_ENV]
         for signum, handler in handlers.items():  # torch's launcher leaves its own installed

@@ -1,24 +1,18 @@
 """Multi-process training: two CPU processes on gloo (DDP, FSDP) log the per-step losses and metrics of one process with
 the same global batch; the shipped accelerate configs load; bad launch keys are refused."""
 
-import json
 import signal
-from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import make_pairs, save_checkpoint
 from test_cli import tiny_run, write_splits
-from test_recovery import assert_only_complete_checkpoints
+from test_recovery import assert_only_complete_checkpoints, logged_steps
 
 from dpo_plugin.cli import main
 from dpo_plugin.launch import ACCELERATE_CONFIG_DIR, RELAYED_SIGNALS, LaunchArguments, launch_arguments
 
 COMPARED_METRICS = ("loss", "grad_norm", "rewards/margins", "rewards/accuracies", "logps/rejected", "num_tokens")
-
-
-def logged_steps(run: Path) -> list[dict]:
-    return [entry for entry in json.loads((run / "metrics.json").read_text())["log_history"] if "loss" in entry]
 
 
 @pytest.mark.parametrize("loss_type", ["dpo", "tdpo2"])

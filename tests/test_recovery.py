@@ -141,14 +141,23 @@ def test_no_handlers_are_installed_when_save_on_interrupt_is_off(tmp_path):
     assert seen == [signal.SIG_DFL]
 
 
-def test_dpo_plugin_train_stopped_by_sigterm_exits_143_and_resumes_from_its_checkpoint(tmp_path):
-    """The real command in a child process: SIGTERM after its 2nd checkpoint; then `--resume_from_checkpoint last`."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_dpo_plugin_train_stopped_by_sigterm_exits_143_and_resumes_exactly(tmp_path, processes):
+    """The real command in a child process (two gloo processes under torchrun, which relays the signal, or one):
+    SIGTERM once its 2nd checkpoint exists; then `--resume_from_checkpoint last` for two more steps, against a run
+    never stopped (constant learning rate, so the step count does not change the schedule)."""
     checkpoint = save_checkpoint(tmp_path / "tiny-model")
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(4))
     run = tmp_path / "run"
-    argv = tiny_run(checkpoint, data, run, "--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "3")
+    settings = ["--save_strategy", "steps", "--save_steps", "3", "--lr_scheduler_type", "constant"]
+    settings += ["--learning_rate", "0.01", "--num_processes", str(processes)]
+    settings += ["--per_device_train_batch_size", str(4 // processes)]
+    argv = tiny_run(checkpoint, data, run, *settings)
     child = subprocess.Popen(
-        [sys.executable, "-m", "dpo_plugin.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "dpo_plugin.cli", *argv, "--max_steps", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while not (run / "checkpoint-6").is_dir() and child.poll() is None and time.monotonic() < deadline:
@@ -160,10 +169,20 @@ def test_dpo_plugin_train_stopped_by_sigterm_exits_143_and_resumes_from_its_chec
     steps = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
     assert steps[:2] == [3, 6]
     assert_only_complete_checkpoints(run, steps)
+    assert len(list((run / f"checkpoint-{steps[-1]}").glob("rng_state*.pth"))) == processes
     assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
 
-    last = steps[-1]
-    main([*argv, "--resume_from_checkpoint", "last", "--max_steps", str(last + 2)])
-    log = json.loads((run / "metrics.json").read_text())["log_history"]
-    assert [entry["step"] for entry in log if "loss" in entry] == list(range(1, last + 3))
+    total = str(steps[-1] + 2)
+    main([*argv, "--resume_from_checkpoint", "last", "--max_steps", total])
+    never_stopped = tmp_path / "never-stopped"
+    main([*tiny_run(checkpoint, data, never_stopped, *settings), "--max_steps", total])
+    resumed, expected = logged_steps(run), logged_steps(never_stopped)
+    assert [entry["step"] for entry in resumed] == list(range(1, int(total) + 1))
+    for want, got in zip(expected, resumed, strict=True):
+        for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "num_tokens"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6, rel=0), (want["step"], key)
     assert (run / "model.safetensors").is_file()
+
+
+def logged_steps(run: Path) -> list[dict]:
+    return [entry for entry in json.loads((run / "metrics.json").read_text())["log_history"] if "loss" in entry]
