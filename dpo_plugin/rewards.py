@@ -105,24 +105,27 @@ class GoldSentimentReward:
     """r(x, y) = P(y has the asked-for sentiment), from the gold classifier trained on Pang & Lee's human labels.
 
     `target`: "positive", "negative", or "from_prompt" (the prompt names exactly one of the two words). Special-token
-    strings (e.g. "<|im_end|>") are removed before classifying when a `tokenizer` is given.
+    strings (e.g. "<|im_end|>") are removed before classifying when a `tokenizer` is given. `with_prompt`: classify
+    prompt + completion, the whole text, as the DPO paper's sentiment setup scores a continued review prefix; by
+    default the completion alone.
     """
 
     __name__ = "gold_sentiment"
     TARGETS = ("positive", "negative", "from_prompt")
 
-    def __init__(self, target: str = "from_prompt", tokenizer=None):
+    def __init__(self, target: str = "from_prompt", tokenizer=None, with_prompt: bool = False):
         if target not in self.TARGETS:
             raise ValueError(f"Unknown gold sentiment target {target!r}: choose one of {list(self.TARGETS)}.")
-        self.target = target
+        self.target, self.with_prompt = target, with_prompt
         self.classifier = gold_sentiment_classifier()
         special = sorted(tokenizer.all_special_tokens, key=len, reverse=True) if tokenizer is not None else []
         self._special = re.compile("|".join(map(re.escape, special))) if special else None
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)] if self.with_prompt else list(completions)
         if self._special is not None:
-            completions = [self._special.sub(" ", completion) for completion in completions]
-        positive = self.classifier.positive_probability(list(completions))
+            texts = [self._special.sub(" ", text) for text in texts]
+        positive = self.classifier.positive_probability(texts)
         return [p if self._wants_positive(prompt) else 1.0 - p for prompt, p in zip(prompts, positive, strict=True)]
 
     def _wants_positive(self, prompt: str) -> bool:

@@ -65,8 +65,18 @@ def sentence_splits(rng: random.Random | None = None) -> dict[str, dict[int, lis
     return splits
 
 
+def _sentiment_generation(split: str) -> Dataset:
+    """The DPO paper's controlled sentiment generation with default settings: review prefixes, continuations sampled
+    from SmolLM2-135M-Instruct, pairs ranked by the gold sentiment reward (built and cached on first use; see
+    `sentiment_generation.build_sentiment_generation`)."""
+    from .sentiment_generation import sentiment_generation_split  # imported here: it imports the models and rewards
+
+    return sentiment_generation_split(split)
+
+
 BUILTIN_DATASETS: dict[str, Callable[[str], Dataset]] = {
     "sentiment-pairs": sentiment_pairs,
+    "sentiment-generation": _sentiment_generation,
 }
 
 
