@@ -191,7 +191,7 @@ def _batches(trainer, count: int) -> list[dict]:
 def _raw_bound(plugin, batches, model_args, args) -> RawBound:
     """A fresh policy (with the recipe's LoRA adapters) against the reference the plugin trains against (shared,
     read-only), or for LoRA with no separate reference its own base, adapters off."""
-    policy, _ = load_policy(model_args, args)
+    policy, _ = load_policy(model_args, args.device)
     peft_config = get_peft_config(model_args)
     if peft_config is not None:
         policy = get_peft_model(policy, peft_config)
@@ -210,7 +210,7 @@ def _trl_trainer(plugin, train_pairs, model_args, args, loss_type: str) -> DPOTr
     config = {f.name: getattr(args, f.name) for f in fields(DPOConfig) if f.init}
     config["loss_type"] = [loss_type]
     trl_args = DPOConfig(**config)
-    policy, tokenizer = load_policy(model_args, args)
+    policy, tokenizer = load_policy(model_args, args.device)
     ref_model = None
     if args.builds_reference:
         checkpoint = plugin.reference_report["checkpoint"]

@@ -1,4 +1,5 @@
-"""The `dpo-plugin` console script: `train`, `eval`, `bench` (each `--config recipe.yaml [--key value ...]`), `assets`.
+"""The `dpo-plugin` console script: `train`, `eval`, `compare`, `ppo`, `bench` (each `--config recipe.yaml
+[--key value ...]`), `assets`.
 
 Recipes are TRL-style YAML (flat `DPOConfig` keys plus the plugin's fields) read with TRL's own parser, so any key can
 be overridden on the command line; `train` runs unchanged under `accelerate launch -m dpo_plugin.cli train ...`, or
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import torch
 from peft import AutoPeftModelForCausalLM
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 from .bench import bench
+from .compare import compare
 from .config import EvalConfig
 from .data import ensure_assets, load_preference_dataset, resolve_model
 from .evaluation import EvaluationReport, preference_accuracies, sampled_completions
@@ -29,7 +31,8 @@ from .policies import CompletionSampler
 from .recipe import build_trainer, first_rows, parse_recipe
 from .reference import load_reference
 from .reporting import plot_training_curves, write_json
-from .rewards import GoldSentimentReward, RewardModelReward
+from .rewards import GoldSentimentReward
+from .rlhf.recipe import build_ppo_trainer, load_reward_model, parse_ppo_recipe, training_prompts
 from .scoring import SequenceScorer, as_text
 
 logger = logging.getLogger("dpo_plugin")
@@ -109,6 +112,25 @@ def _exit_interrupted(trainer, argv: list[str]) -> None:
     sys.exit(128 + signum)
 
 
+def ppo(argv: list[str]) -> list[dict]:
+    """PPO against a reward model (`recipes/ppo.yaml`): writes the policy, value head, state and a training plot."""
+    script_args, ppo_config, model_args = parse_ppo_recipe(argv)
+    if not script_args.reward_model_name_or_path:
+        raise ValueError(
+            "reward_model_name_or_path is required: a sequence classifier with one output, e.g. the reward model "
+            "`dpo-plugin compare` trains (outputs/compare/reward_model)."
+        )
+    reward_fn = load_reward_model(script_args.reward_model_name_or_path, script_args.reward_batch_size)
+    trainer = build_ppo_trainer(ppo_config, model_args, reward_fn, training_prompts(script_args))
+    log_history = trainer.train()
+    output_dir = Path(ppo_config.output_dir)
+    curves = (("score/mean", "reward-model score"), ("kl/mean", "KL(π‖π_ref) per completion"))
+    title = f"PPO on {script_args.dataset_name}, KL coefficient {ppo_config.kl_coef:g}"
+    plot_training_curves(log_history, output_dir / "training_curves.png", title, curves=curves)
+    print(f"Wrote {output_dir} (policy, value head, ppo_state.json) and {output_dir / 'training_curves.png'}")
+    return log_history
+
+
 def assets(argv: list[str]) -> None:
     """Fetch the offline model and data into the cache (done automatically on first use, too)."""
     argparse.ArgumentParser(prog="dpo-plugin assets", description=assets.__doc__).parse_args(argv)
@@ -142,7 +164,7 @@ def evaluate(argv: list[str]) -> dict:
         )
     rewards = {}
     if config.eval_generations:
-        rewards = _sample_rewards(config, tokenizer, policy.device)
+        rewards = _sample_rewards(config, tokenizer)
         prompts = list(first_rows(pairs, config.eval_generations)["prompt"])
         generation = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
         for name, model, context, kl_scorers in (
@@ -199,21 +221,18 @@ def _autocast(bf16: bool, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _sample_rewards(config: EvalConfig, tokenizer, device) -> dict:
+def _sample_rewards(config: EvalConfig, tokenizer) -> dict:
     """The reward components that rate sampled completions: the gold sentiment reward and/or a reward model."""
     rewards = {}
     if config.gold_reward != "none":
         rewards["gold_sentiment"] = GoldSentimentReward(config.gold_reward, tokenizer)
     if config.reward_model_name_or_path:
         path = config.reward_model_name_or_path
-        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-        rewards["reward_model"] = RewardModelReward(
-            model, AutoTokenizer.from_pretrained(path), config.batch_size, config.max_length
-        )
+        rewards["reward_model"] = load_reward_model(path, config.batch_size, config.max_length)
     return rewards
 
 
-COMMANDS = {"train": train, "eval": evaluate, "bench": bench, "assets": assets}
+COMMANDS = {"train": train, "eval": evaluate, "compare": compare, "ppo": ppo, "bench": bench, "assets": assets}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"usage: dpo-plugin {{{commands}}} ...\n  dpo-plugin train --config recipes/quickstart.yaml\n"
             "  dpo-plugin eval --config recipes/eval.yaml\n"
+            "  dpo-plugin compare --config recipes/compare_dpo_ppo.yaml\n"
             "  dpo-plugin bench memory --config recipes/dpo_4bit_ref.yaml"
         )
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)

@@ -49,8 +49,9 @@ def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin tra
     return (data_args, training_args, model_args, launch_args, *extra_args)
 
 
-def load_policy(model_args: ModelConfig, training_args: PreferenceConfig):
-    """The policy and its tokenizer as the recipe says (quantized base for QLoRA when `load_in_4bit`/`load_in_8bit`)."""
+def load_policy(model_args: ModelConfig, device):
+    """The policy and its tokenizer as the recipe says (quantized base for QLoRA when `load_in_4bit`/`load_in_8bit`,
+    placed on `device`)."""
     model_path = resolve_model(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
@@ -61,7 +62,7 @@ def load_policy(model_args: ModelConfig, training_args: PreferenceConfig):
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
         quantization_config=quantization,
-        device_map={"": training_args.device} if quantization is not None else None,
+        device_map={"": device} if quantization is not None else None,
     )
     return model, tokenizer
 
@@ -81,7 +82,7 @@ def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, mod
         heldout_pairs = load_preference_dataset(
             data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config
         )
-    model, tokenizer = load_policy(model_args, training_args)
+    model, tokenizer = load_policy(model_args, training_args.device)
     trainer = PreferenceTrainer(
         model=model,
         args=training_args,

@@ -34,11 +34,14 @@ def running_mean(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
 
 
-def plot_training_curves(log_history: list[dict], path: Path, title: str = "", window: int = 5) -> None:
-    """Loss, reward accuracy and reward margin per logged step (faint) and their running mean (bold), as a PNG."""
-    train_logs = [entry for entry in log_history if "loss" in entry and "step" in entry]
-    figure, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2), constrained_layout=True)
-    for axis, (key, label) in zip(axes, CURVES, strict=True):
+def plot_training_curves(
+    log_history: list[dict], path: Path, title: str = "", window: int = 5, curves: tuple = CURVES
+) -> None:
+    """Each `(key, label)` of `curves` (default: loss, reward accuracy, reward margin) per logged step (faint) and its
+    running mean (bold), as a PNG."""
+    train_logs = [entry for entry in log_history if curves[0][0] in entry and "step" in entry]
+    figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), constrained_layout=True)
+    for axis, (key, label) in zip(axes, curves, strict=True):
         points = [(entry["step"], entry[key]) for entry in train_logs if key in entry]
         if points:
             steps, values = zip(*points, strict=True)
