@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +77,9 @@ class CompareConfig:
     )
     eval_pairs: int = field(default=200, metadata={"help": "Held-out pairs ranked by each trained policy."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts each trained policy completes."})
+    probe_pairs: int = field(
+        default=100, metadata={"help": "Held-out pairs ranked at each probe during training (the first eval_pairs)."}
+    )
     probe_prompts: int = field(
         default=16, metadata={"help": "Held-out prompts sampled at each probe during training (KL, gold reward)."}
     )
@@ -87,9 +92,11 @@ class CompareConfig:
     claim_epochs: float = field(default=2.0, metadata={"help": "Epochs of the claim runs."})
 
     def __post_init__(self):
-        for name in ("train_prompts", "test_prompts", "eval_pairs", "eval_prompts", "probe_prompts", "probes"):
+        for name in ("train_prompts", "test_prompts", "eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.probes < 1:
+            raise ValueError(f"probes must be >= 1, got {self.probes}.")
         unknown = sorted(set(self.objectives) - set(PREFERENCE_OBJECTIVES))
         if unknown:
             raise ValueError(f"objectives {unknown} are not known; choose from {list(PREFERENCE_OBJECTIVES)}.")
@@ -147,10 +154,10 @@ class HeldoutEvaluator:
         self.reference = SequenceScorer(reference, tokenizer, None, self.batch_size)
         self.probe_seconds = 0.0  # time spent in `probe`, so training times can leave it out
 
-    def accuracy(self, policy) -> Accuracy:
+    def accuracy(self, policy, pairs: int | None = None) -> Accuracy:
         chooser = PreferenceChooser.by_implicit_reward(self._scorer(policy), self.reference)
         with _eval_mode(policy):
-            return preference_accuracy(chooser, self.pairs, self.batch_size)
+            return preference_accuracy(chooser, first_rows(self.pairs, pairs), self.batch_size)
 
     def samples(self, policy, n: int) -> SampleReport:
         sampler = CompletionSampler(policy, self.tokenizer, {"max_new_tokens": self.max_new_tokens})
@@ -160,11 +167,13 @@ class HeldoutEvaluator:
                 sampler, self.prompts[:n], self.rewards, scorers, self.batch_size, 0, "Sampling held-out prompts"
             )
 
-    def probe(self, policy, step: int, prompts: int) -> dict:
-        """A point of the during-training curves: accuracy, and gold reward and KL of `prompts` samples."""
+    def probe(self, policy, step: int, config: CompareConfig) -> dict:
+        """A point of the during-training curves: accuracy on `probe_pairs`, gold reward and KL of `probe_prompts`
+        samples."""
         started = time.perf_counter()
-        samples = self.samples(policy, prompts)
-        point = {"step": step, "accuracy": self.accuracy(policy).value, "kl": samples.kl, **samples.rewards}
+        samples = self.samples(policy, config.probe_prompts)
+        accuracy = self.accuracy(policy, config.probe_pairs).value
+        point = {"step": step, "accuracy": accuracy, "kl": samples.kl, **samples.rewards}
         self.probe_seconds += time.perf_counter() - started
         return point
 
@@ -185,16 +194,16 @@ def _eval_mode(model):
 class ProbeCallback(TrainerCallback):
     """Runs `evaluator.probe` before training and every `every` optimizer steps, keeping the results in `probes`."""
 
-    def __init__(self, evaluator: HeldoutEvaluator, every: int, prompts: int):
-        self.evaluator, self.every, self.prompts = evaluator, every, prompts
+    def __init__(self, evaluator: HeldoutEvaluator, every: int, config: CompareConfig):
+        self.evaluator, self.every, self.config = evaluator, every, config
         self.probes: list[dict] = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.probes.append(self.evaluator.probe(model, 0, self.prompts))
+        self.probes.append(self.evaluator.probe(model, 0, self.config))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.probes.append(self.evaluator.probe(model, state.global_step, self.prompts))
+            self.probes.append(self.evaluator.probe(model, state.global_step, self.config))
 
 
 def probe_interval(total_steps: int, probes: int) -> int:
@@ -219,10 +228,14 @@ def train_preference(
     trainer, train_pairs, _ = build_trainer(data_args, training_args, model_args)
     steps_per_epoch = math.ceil(len(train_pairs) / training_args.per_device_train_batch_size)
     total_steps = math.ceil(steps_per_epoch * training_args.num_train_epochs)
-    probe = ProbeCallback(evaluator, probe_interval(total_steps, config.probes), config.probe_prompts)
+    probe = ProbeCallback(evaluator, probe_interval(total_steps, config.probes), config)
     trainer.add_callback(probe)
     started, probing = time.perf_counter(), evaluator.probe_seconds
     trainer.train()
+    if trainer.interrupted_by is not None:  # SIGTERM/SIGINT: the trainer saved a checkpoint; stop the comparison too
+        name = signal.Signals(trainer.interrupted_by).name
+        logger.warning("%s: comparison stopped during %s (seed %d); no report was written.", name, objective, seed)
+        sys.exit(128 + trainer.interrupted_by)
     seconds = time.perf_counter() - started - (evaluator.probe_seconds - probing)
     trainer.save_model(str(output_dir))
     policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -254,7 +267,7 @@ def train_ppo(
     overrides += ["--model_name_or_path", config.model_name_or_path]
     _, ppo_config, model_args = parse_ppo_recipe(["--config", config.ppo_recipe, *overrides], "dpo-plugin compare")
     ppo_config.eval_steps = probe_interval(ppo_config.steps, config.probes)
-    probe = lambda ppo: evaluator.probe(ppo.policy, ppo.step, config.probe_prompts)  # noqa: E731
+    probe = lambda ppo: evaluator.probe(ppo.policy, ppo.step, config)  # noqa: E731
     trainer = build_ppo_trainer(ppo_config, model_args, reward_fn, train_prompts, eval_fn=probe)
     probing = evaluator.probe_seconds
     trainer.train()

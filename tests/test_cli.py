@@ -167,3 +167,20 @@ def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_refere
     evaluated = json.loads(output.read_text())["accuracy"]
     trained = metrics["heldout"]["accuracy"]
     assert evaluated == trained
+
+
+def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_checkpoint, tmp_path):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(4))
+    reward_model = save_checkpoint(tmp_path / "reward-model", model=tiny_reward_model(make_tokenizer()))
+    output = tmp_path / "ppo"
+    argv = ["ppo", "--config", str(RECIPE_DIR / "compare" / "ppo.yaml"), "--model_name_or_path", str(tiny_checkpoint)]
+    argv += ["--dataset_name", str(data), "--output_dir", str(output), "--lora_target_modules", "q_proj", "v_proj"]
+    argv += ["--steps", "2", "--rollout_batch_size", "4", "--mini_batch_size", "2", "--max_new_tokens", "4"]
+    with pytest.raises(ValueError, match="reward_model_name_or_path is required"):
+        main(argv)
+    log_history = main([*argv, "--reward_model_name_or_path", reward_model])
+    assert [entry["step"] for entry in log_history] == [1, 2] and "kl/mean" in log_history[0]
+    state = json.loads((output / "ppo_state.json").read_text())
+    assert state["step"] == 2 and (output / "adapter_model.safetensors").is_file()
+    assert (output / "value_head.pt").is_file() and (output / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.rglob(".*"))
