@@ -2,7 +2,8 @@
 
 1. `sentiment-generation` pairs from the reference (built once, cached); 2. the Bradley–Terry reward model;
 3. DPO, IPO, TDPO2 and RM + PPO for each seed, then the β / KL-coefficient sweep; 4. the two claims; 5. the report
-(`comparison_report.py`). Each step says what it is doing; every run keeps its adapters under `output_dir/runs/`.
+(`comparison_report.py`). Each step says what it is doing; every run keeps its adapters and its `result.json` under
+`output_dir/runs/`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .comparison_report import markdown, write_report
 from .data import load_preference_dataset, resolve_model
 from .data.sentiment_generation import sentiment_generation
 from .recipe import first_rows
-from .reporting import device_name
+from .reporting import device_name, write_json
 from .rewards import GoldSentimentReward
 from .rlhf import ppo, ppo_math, reward_model
 from .rlhf.recipe import load_reward_model
@@ -80,6 +81,7 @@ def compare(argv: list[str]) -> dict:
             result = train_ppo(config, evaluator, prompt_rows, reward_fn, strength, seed, run_dir)
         else:
             result = train_preference(config, evaluator, data, method, strength, seed, run_dir)
+        write_json(run_dir / "result.json", result.to_dict())  # kept even if a later run fails
         results.append(result)
     runs, sweep = results[: len(main_plan)], results[len(main_plan) :]
 

@@ -146,4 +146,5 @@ def test_compare_runs_every_method_and_writes_the_report(tmp_path, monkeypatch):
     assert "| RM + PPO | 0.1 | 1 |" in table and "| DPO | 0.5 |" in table
     for plot in ("accuracy_over_training", "frontier", "dpo_vs_ipo"):
         assert (output / f"{plot}.png").read_bytes().startswith(b"\x89PNG")
+    assert len(list((output / "runs").glob("*/result.json"))) == 6
     assert not [path for path in output.rglob(".*")]  # no staging folders or temporary files left
