@@ -178,9 +178,9 @@ def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_c
     argv += ["--steps", "2", "--rollout_batch_size", "4", "--mini_batch_size", "2", "--max_new_tokens", "4"]
     with pytest.raises(ValueError, match="reward_model_name_or_path is required"):
         main(argv)
-    log_history = main([*argv, "--reward_model_name_or_path", reward_model])
-    assert [entry["step"] for entry in log_history] == [1, 2] and "kl/mean" in log_history[0]
+    main([*argv, "--reward_model_name_or_path", reward_model])
     state = json.loads((output / "ppo_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"]] == [1, 2] and "kl/mean" in state["log_history"][0]
     assert state["step"] == 2 and (output / "adapter_model.safetensors").is_file()
     assert (output / "value_head.pt").is_file() and (output / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.rglob(".*"))

@@ -120,6 +120,7 @@ def test_compare_runs_every_method_and_writes_the_report(tmp_path, monkeypatch):
     sizes = ["--train_prompts", "8", "--test_prompts", "4", "--max_new_tokens", "6", "--eval_pairs", "4"]
     sizes += ["--eval_prompts", "4", "--probe_prompts", "2", "--probes", "2", "--batch_size", "4"]
     sizes += ["--beta_sweep", "0.5", "--kl_coef_sweep", "0.3", "--claim_pairs", "8", "--claim_epochs", "1"]
+    sizes += ["--seeds", "42"]
     main(
         [
             "compare",
