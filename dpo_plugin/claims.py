@@ -66,7 +66,7 @@ def _trajectory(run: RunResult) -> dict:
 
 def tdpo_versus_dpo(results: list[RunResult], gold_tolerance: float = 0.05) -> dict:
     """TDPO2 against DPO at the same β over the main comparison's seeds: sampled KL and gold reward."""
-    by_method = {method: [run for run in results if run.method == method] for method in ("dpo", "tdpo2") if results}
+    by_method = {method: [run for run in results if run.method == method] for method in ("dpo", "tdpo2")}
     if not by_method.get("dpo") or not by_method.get("tdpo2"):
         return {"claim": "skipped: the comparison did not train both dpo and tdpo2"}
     stats = {

@@ -30,7 +30,7 @@ from .launch import launch_training
 from .policies import CompletionSampler
 from .recipe import build_trainer, first_rows, parse_recipe
 from .reference import load_reference
-from .reporting import plot_training_curves, write_json
+from .reporting import default_device, plot_training_curves, write_json
 from .rewards import GoldSentimentReward
 from .rlhf.recipe import build_ppo_trainer, load_reward_model, parse_ppo_recipe, training_prompts
 from .scoring import SequenceScorer, as_text
@@ -193,7 +193,7 @@ def _load_policy_and_reference(config: EvalConfig):
     policy, adapters off. Otherwise the reference is loaded as training loaded it (`reference.load_reference`).
     """
     path = resolve_model(config.model_name_or_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     is_adapter = (Path(path) / "adapter_config.json").is_file()
     policy = (AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM).from_pretrained(path).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)

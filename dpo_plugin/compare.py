@@ -33,7 +33,7 @@ from .comparison_report import markdown, write_report
 from .data import load_preference_dataset, resolve_model
 from .data.sentiment_generation import sentiment_generation
 from .recipe import first_rows
-from .reporting import device_name, write_json
+from .reporting import default_device, device_name, write_json
 from .rewards import GoldSentimentReward
 from .rlhf import ppo, ppo_math, reward_model
 from .rlhf.recipe import load_reward_model
@@ -47,7 +47,7 @@ def compare(argv: list[str]) -> dict:
     (config,) = TrlParser((CompareConfig,), prog="dpo-plugin compare").parse_args_and_config(argv)
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     data = str(sentiment_generation(config.data_settings))
     reference_path = resolve_model(config.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(reference_path)

@@ -1,4 +1,5 @@
-"""Run outputs a person reads: the metrics JSON and the training-curve plot, each written atomically."""
+"""Run outputs a person reads: the metrics JSON and the training-curve plot, each written atomically; the device
+they ran on."""
 
 import json
 from pathlib import Path
@@ -12,6 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CURVES = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
+
+
+def default_device() -> str:
+    """Where models run when nothing says otherwise: "cuda" when a GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def device_name() -> str:

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..atomic import publish_folder, remove_staging, staging_folder
 from ..policies import CompletionSampler
+from ..reporting import default_device
 from ..rewards import GoldSentimentReward
 from .assets import cache_dir, resolve_model
 from .builtin import BUILTIN_SPLITS, sentence_splits
@@ -217,8 +218,7 @@ def _first_words(text: str, count: int) -> str:
 def _load_model(name: str):
     """The causal LM ``name`` (bundled name, folder or hub id) in eval mode, on CUDA if available, and its tokenizer."""
     path = resolve_model(name)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path).to(default_device()).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

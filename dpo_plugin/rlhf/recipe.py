@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..data import load_preference_dataset, resolve_model
 from ..recipe import first_rows, load_policy
+from ..reporting import default_device
 from ..rewards import RewardModelReward
 from .ppo import PPOConfig, PPOTrainer
 
@@ -42,14 +42,10 @@ def parse_ppo_recipe(argv: list[str], prog: str = "dpo-plugin ppo") -> tuple:
     return script_args, ppo_config, model_args
 
 
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_reward_model(path: str, batch_size: int = 16, max_length: int | None = None) -> RewardModelReward:
     """A reward model checkpoint as a `reward_fn(prompts, completions)`, on the GPU when there is one, eval mode."""
     path = resolve_model(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device()).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path).to(default_device()).eval()
     return RewardModelReward(model, AutoTokenizer.from_pretrained(path), batch_size, max_length)
 
 
@@ -68,9 +64,9 @@ def training_prompts(script_args: PPOScriptArguments):
 
 def build_ppo_trainer(ppo_config: PPOConfig, model_args: ModelConfig, reward_fn, prompts, eval_fn=None) -> PPOTrainer:
     """The recipe's policy (LoRA adapters when `use_peft`, so the reference is the adapters off) and its trainer."""
-    model, tokenizer = load_policy(model_args, device())
+    model, tokenizer = load_policy(model_args, default_device())
     if getattr(model, "hf_quantizer", None) is None:  # load_policy placed a quantized base already
-        model = model.to(device())
+        model = model.to(default_device())
     peft_config = get_peft_config(model_args)
     policy = get_peft_model(model, peft_config) if peft_config is not None else model
     return PPOTrainer(policy, tokenizer, reward_fn, prompts, ppo_config, eval_fn=eval_fn)
