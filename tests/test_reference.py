@@ -1,4 +1,7 @@
-"""Quantized references (bitsandbytes NF4/FP4/int8 on the CPU): training, the measured gap, and every error."""
+"""Quantized references (bitsandbytes NF4/FP4/int8): training, the measured gap, and every error.
+
+Tests taking `device` run on the CPU, and again on CUDA where a GPU is present (skipped otherwise).
+"""
 
 import sys
 from types import SimpleNamespace
@@ -15,6 +18,12 @@ from dpo_plugin.reference import check_bitsandbytes_device, load_reference
 from dpo_plugin.scoring import SequenceScorer, as_text
 
 GAP_KEYS = ("ref/logp_abs_diff_mean", "ref/logp_abs_diff_max", "ref/token_kl_mean")
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=NO_GPU)])
+def device(request):
+    return request.param
 
 
 @pytest.fixture
@@ -23,8 +32,8 @@ def checkpoint(tmp_path, tokenizer):
     return save_checkpoint(tmp_path / "tiny", make_model(len(tokenizer), hidden_size=64), tokenizer)
 
 
-def quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=None, peft_config=None, **overrides):
-    settings = dict(max_steps=2, ref_quantization="nf4", ref_gap_batches=2) | overrides
+def quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=None, peft_config=None, device="cpu", **overrides):
+    settings = dict(max_steps=2, ref_quantization="nf4", ref_gap_batches=2, use_cpu=device == "cpu") | overrides
     return PreferenceTrainer(
         model=AutoModelForCausalLM.from_pretrained(checkpoint),
         args=tiny_args(PreferenceConfig, tmp_path / "out", **settings),
@@ -37,8 +46,11 @@ def quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=None, peft_config=N
 @pytest.mark.parametrize(
     ("quantization", "layer_class"), [("nf4", "Linear4bit"), ("fp4", "Linear4bit"), ("int8", "Linear8bitLt")]
 )
-def test_each_quantization_trains_and_logs_its_gap_once(checkpoint, tokenizer, tmp_path, quantization, layer_class):
-    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, ref_quantization=quantization)
+def test_each_quantization_trains_and_logs_its_gap_once(
+    checkpoint, tokenizer, tmp_path, quantization, layer_class, device
+):
+    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, device=device, ref_quantization=quantization)
+    assert trainer.ref_model.device.type == trainer.model.device.type == device
     assert type(trainer.ref_model.model.layers[0].self_attn.q_proj).__name__ == layer_class
     assert all(not p.requires_grad for p in trainer.ref_model.parameters())
     full_bytes = AutoModelForCausalLM.from_pretrained(checkpoint).get_memory_footprint()
@@ -55,9 +67,9 @@ def test_each_quantization_trains_and_logs_its_gap_once(checkpoint, tokenizer, t
     [("dpo", True), ("ipo", False), ("tdpo2", False)],
     ids=["dpo-precomputed", "ipo", "tdpo2"],
 )
-def test_objectives_train_against_a_4bit_reference(checkpoint, tokenizer, tmp_path, loss_type, precompute):
+def test_objectives_train_against_a_4bit_reference(checkpoint, tokenizer, tmp_path, loss_type, precompute, device):
     trainer = quantized_trainer(
-        checkpoint, tokenizer, tmp_path, loss_type=loss_type, precompute_ref_log_probs=precompute, ref_gap_batches=0
+        checkpoint, tokenizer, tmp_path, device=device, loss_type=loss_type, precompute_ref_log_probs=precompute, ref_gap_batches=0
     )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -66,13 +78,13 @@ def test_objectives_train_against_a_4bit_reference(checkpoint, tokenizer, tmp_pa
         assert trainer.state.log_history[0]["kl/chosen"] >= 0
 
 
-def test_the_gap_equals_a_direct_computation(checkpoint, tokenizer, tmp_path):
+def test_the_gap_equals_a_direct_computation(checkpoint, tokenizer, tmp_path, device):
     """|log π_q(y) − log π_full(y)| over the first two batches' chosen and rejected completions, scored directly."""
     pairs = make_pairs(8)
-    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=pairs, ref_gap_batches=2)
+    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=pairs, device=device, ref_gap_batches=2)
     gap = trainer.reference_report["gap"]
     text = as_text(pairs, tokenizer)
-    full = SequenceScorer(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), tokenizer)
+    full = SequenceScorer(AutoModelForCausalLM.from_pretrained(checkpoint).eval().to(device), tokenizer)
     quantized = SequenceScorer(trainer.ref_model, tokenizer)
     diffs = torch.cat(
         [(quantized(text["prompt"], text[c]) - full(text["prompt"], text[c])).abs() for c in ("chosen", "rejected")]
@@ -82,9 +94,9 @@ def test_the_gap_equals_a_direct_computation(checkpoint, tokenizer, tmp_path):
     assert gap["logp_abs_diff_max"] == pytest.approx(diffs.max().item(), rel=1e-4)
 
 
-def test_lora_policy_beside_a_4bit_reference(checkpoint, tokenizer, tmp_path):
+def test_lora_policy_beside_a_4bit_reference(checkpoint, tokenizer, tmp_path, device):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, peft_config=lora)
+    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, device=device, peft_config=lora)
     assert trainer.ref_model is not None and trainer.reference_report["gap"]["logp_abs_diff_mean"] > 0
     trainer.train()
     assert all(key in trainer.state.log_history[0] for key in GAP_KEYS)
@@ -176,13 +188,13 @@ def test_a_quantized_reference_is_refused_under_fsdp_and_zero3(checkpoint, token
         load_reference(checkpoint, policy, tokenizer, "nf4", device=torch.device("meta"))
 
 
-def test_qlora_policy_trains_against_its_own_base_with_adapters_off(checkpoint, tokenizer, tmp_path):
+def test_qlora_policy_trains_against_its_own_base_with_adapters_off(checkpoint, tokenizer, tmp_path, device):
     four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    policy = AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=four_bit, device_map={"": "cpu"})
+    policy = AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=four_bit, device_map={"": device})
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer = PreferenceTrainer(
         model=policy,
-        args=tiny_args(PreferenceConfig, tmp_path, max_steps=3, learning_rate=1e-2),
+        args=tiny_args(PreferenceConfig, tmp_path, max_steps=3, learning_rate=1e-2, use_cpu=device == "cpu"),
         train_dataset=make_pairs(),
         processing_class=tokenizer,
         peft_config=lora,
