@@ -69,7 +69,13 @@ def test_each_quantization_trains_and_logs_its_gap_once(
 )
 def test_objectives_train_against_a_4bit_reference(checkpoint, tokenizer, tmp_path, loss_type, precompute, device):
     trainer = quantized_trainer(
-        checkpoint, tokenizer, tmp_path, device=device, loss_type=loss_type, precompute_ref_log_probs=precompute, ref_gap_batches=0
+        checkpoint,
+        tokenizer,
+        tmp_path,
+        device=device,
+        loss_type=loss_type,
+        precompute_ref_log_probs=precompute,
+        ref_gap_batches=0,
     )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
