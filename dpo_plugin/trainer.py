@@ -116,6 +116,16 @@ class PreferenceTrainer(DPOTrainer):
             if isinstance(model, str):
                 model = create_model_from_path(model, **(args.model_init_kwargs or {}))
             ref_model = self._load_reference(model, processing_class, args)
+            if (peft_config is not None or is_peft_model(model)) and args.ref_model_name_or_path is None:
+                logger.warning(
+                    "LoRA policy with ref_quantization: %s. Its reference was free already (the base with the adapters "
+                    "off); this loads a second, %s copy (%.0f MB more) that is also off the base by the quantization "
+                    "gap. To save memory with LoRA, quantize the base instead (load_in_4bit: true, QLoRA, as in "
+                    "recipes/qlora_dpo.yaml) and keep ref_quantization: none.",
+                    args.ref_quantization,
+                    args.ref_quantization.upper(),
+                    ref_model.get_memory_footprint() / 1e6,
+                )
         needs_copy = (
             ref_model is None
             and isinstance(model, PreTrainedModel)

@@ -100,9 +100,11 @@ def test_the_gap_equals_a_direct_computation(checkpoint, tokenizer, tmp_path, de
     assert gap["logp_abs_diff_max"] == pytest.approx(diffs.max().item(), rel=1e-4)
 
 
-def test_lora_policy_beside_a_4bit_reference(checkpoint, tokenizer, tmp_path, device):
+def test_lora_policy_beside_a_4bit_reference(checkpoint, tokenizer, tmp_path, device, caplog):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, device=device, peft_config=lora)
+    with caplog.at_level("WARNING", logger="dpo_plugin"):
+        trainer = quantized_trainer(checkpoint, tokenizer, tmp_path, device=device, peft_config=lora)
+    assert "Its reference was free already" in caplog.text and "load_in_4bit: true" in caplog.text
     assert trainer.ref_model is not None and trainer.reference_report["gap"]["logp_abs_diff_mean"] > 0
     trainer.train()
     assert all(key in trainer.state.log_history[0] for key in GAP_KEYS)
