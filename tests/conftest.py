@@ -1,12 +1,15 @@
-"""Shared fixtures: a character-level tokenizer and tiny randomly initialised Llama models built in memory."""
+"""Shared fixtures and helpers: a character-level tokenizer, tiny randomly initialised Llama models built in memory,
+tiny recipes and datasets on disk."""
 
+import json
 import string
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
@@ -69,6 +72,97 @@ def make_pairs(n: int = 16) -> Dataset:
             }
         )
     return Dataset.from_list(rows)
+
+
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "dpo_plugin_state.json")
+
+
+def write_splits(folder: Path, train: Dataset, test: Dataset) -> Path:
+    folder.mkdir()
+    train.to_json(folder / "train.jsonl")
+    test.to_json(folder / "test.jsonl")
+    return folder
+
+
+def tiny_run(checkpoint, data, output_dir, *extra):
+    return [
+        "train",
+        "--model_name_or_path",
+        str(checkpoint),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "3",
+        "--max_length",
+        "64",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
+
+
+def tiny_reward_model(tokenizer, num_labels=1):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
+def assert_only_complete_checkpoints(output_dir: Path, steps: list[int]) -> None:
+    assert sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*")) == steps
+    for step in steps:
+        checkpoint = output_dir / f"checkpoint-{step}"
+        assert all((checkpoint / name).is_file() for name in CHECKPOINT_FILES)
+        assert list(checkpoint.glob("rng_state*.pth"))  # one per process
+    assert not [p.name for p in [*output_dir.iterdir(), *output_dir.parent.iterdir()] if p.name.startswith(".")]
+
+
+def logged_steps(run: Path) -> list[dict]:
+    return [entry for entry in json.loads((run / "metrics.json").read_text())["log_history"] if "loss" in entry]
+
+
+def tiny_args(config_cls, tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        logging_steps=1,
+        report_to="none",
+        seed=0,
+        save_strategy="no",
+        max_length=64,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return config_cls(**(settings | overrides))
 
 
 @pytest.fixture

@@ -1,35 +1,28 @@
-"""Preference data: the real offline assets, built-in datasets, accepted formats, validation and loading."""
+"""Preference data: the real offline assets, built-in datasets, accepted formats, validation and loading.
 
-from .assets import (
-    AssetUnavailable,
-    LabelledText,
-    cache_dir,
-    ensure_assets,
-    polarity_paths,
-    read_polarity,
-    resolve_model,
-    smollm2_path,
-)
-from .builtin import BUILTIN_DATASETS, load_builtin
-from .formats import PreferenceFormat, detect_format, normalize_preference_dataset
-from .loading import load_preference_dataset
-from .validation import InvalidPreferenceData, validate_preference_dataset
+Names are exported lazily: `from dpo_plugin.data import resolve_model` imports `assets` alone.
+"""
 
-__all__ = [
-    "BUILTIN_DATASETS",
-    "AssetUnavailable",
-    "InvalidPreferenceData",
-    "LabelledText",
-    "PreferenceFormat",
-    "cache_dir",
-    "detect_format",
-    "ensure_assets",
-    "load_builtin",
-    "load_preference_dataset",
-    "normalize_preference_dataset",
-    "polarity_paths",
-    "read_polarity",
-    "resolve_model",
-    "smollm2_path",
-    "validate_preference_dataset",
-]
+from ..utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "AssetUnavailable": "assets",
+    "LabelledText": "assets",
+    "cache_dir": "assets",
+    "ensure_assets": "assets",
+    "polarity_paths": "assets",
+    "read_polarity": "assets",
+    "resolve_model": "assets",
+    "smollm2_path": "assets",
+    "BUILTIN_DATASETS": "builtin",
+    "load_builtin": "builtin",
+    "PreferenceFormat": "formats",
+    "detect_format": "formats",
+    "normalize_preference_dataset": "formats",
+    "first_rows": "loading",
+    "load_preference_dataset": "loading",
+    "InvalidPreferenceData": "validation",
+    "validate_preference_dataset": "validation",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

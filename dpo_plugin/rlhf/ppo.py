@@ -16,7 +16,6 @@ The value head is a linear layer on the policy's last hidden state (shared trunk
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -27,19 +26,16 @@ from pathlib import Path
 
 import gymnasium
 import torch
-from accelerate.utils import is_peft_model
+from dpo_plugin_envs import RewardFn  # importing it registers the environments, also where the .pth hook is absent
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-import envs  # noqa: F401  (registers the environments, also where the .pth hook is not installed)
-
-from ..atomic import publish_folder, remove_staging, staging_folder
-from ..guards import NonFiniteTrainingError
-from ..logprobs import IGNORE_INDEX, log_probs_from_logits, masked_sum, token_logps
-from ..policies import CompletionSampler
-from ..reference import frozen_copy
-from ..reporting import write_json
+from ..evaluation.policies import CompletionSampler
+from ..objectives.logprobs import IGNORE_INDEX, log_probs_from_logits, masked_sum, token_logps
+from ..training.guards import NonFiniteTrainingError
+from ..training.reference import choose_reference
+from ..utils.atomic import staged_folder, write_json
 from .ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -50,7 +46,6 @@ from .ppo_math import (
     whiten,
 )
 
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 VALUE_HEAD_NAME = "value_head.pt"
 STATE_NAME = "ppo_state.json"
 
@@ -251,7 +246,7 @@ class PPOTrainer:
         self.policy, self.tokenizer, self.config, self.eval_fn = policy, tokenizer, config, eval_fn
         self.device = policy.device
         self.value_head = torch.nn.Linear(policy.get_output_embeddings().in_features, 1).to(self.device)
-        self.reference, self.reference_context = _reference(policy, ref_model)
+        self.reference = choose_reference(policy, ref_model)
         self.sampler = CompletionSampler(policy, tokenizer, {"max_new_tokens": config.max_new_tokens})
         self.env = gymnasium.make_vec(
             "dpo_plugin/Completion-v0",
@@ -286,8 +281,8 @@ class PPOTrainer:
         log_probs = log_probs_from_logits(logits)
         old_logps = token_logps(log_probs, batch.labels)
         values = self.values(hidden_states) * batch.mask
-        with self.reference_context():
-            ref_logits, _ = completion_forward(self.reference, batch)
+        with self.reference.context():
+            ref_logits, _ = completion_forward(self.reference.model, batch)
         ref_logps = token_logps(log_probs_from_logits(ref_logits), batch.labels)
         scores = torch.as_tensor(scores, dtype=torch.float32, device=self.device)
         rewards = token_rewards(old_logps, ref_logps, scores, batch.mask, config.kl_coef)
@@ -398,9 +393,7 @@ class PPOTrainer:
     def save(self, target: Path) -> None:
         """Write the policy (`save_pretrained`: adapters for PEFT), tokenizer, value head and `ppo_state.json` (step,
         config, log history, train_seconds) to `target` whole or not at all, through a hidden staging folder."""
-        staging = staging_folder(target)
-        remove_staging(staging)
-        try:
+        with staged_folder(target) as staging:
             self.policy.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             torch.save(self.value_head.state_dict(), staging / VALUE_HEAD_NAME)
@@ -411,19 +404,6 @@ class PPOTrainer:
                 "train_seconds": self.train_seconds,
             }
             write_json(staging / STATE_NAME, state)
-            publish_folder(staging, target)
-        finally:
-            remove_staging(staging)
-
-
-def _reference(policy, ref_model) -> tuple[torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]:
-    """π_ref and the context to run it in: `ref_model` as given, else the PEFT policy with adapters disabled, else a
-    frozen copy of the policy as it is now."""
-    if ref_model is not None:
-        return ref_model.eval(), contextlib.nullcontext
-    if is_peft_model(policy):
-        return policy, policy.disable_adapter
-    return frozen_copy(policy), contextlib.nullcontext
 
 
 def _mean_metrics(entries: list[dict[str, float]]) -> dict[str, float]:

@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from ..data import load_preference_dataset, resolve_model
-from ..recipe import first_rows, load_policy
-from ..reporting import default_device
-from ..rewards import RewardModelReward
+from ..data.loading import first_rows, load_preference_dataset
+from ..training.recipe import load_policy
+from ..utils.devices import default_device
 from .ppo import PPOConfig, PPOTrainer
 
 
@@ -40,13 +38,6 @@ def parse_ppo_recipe(argv: list[str], prog: str = "dpo-plugin ppo") -> tuple:
     if not model_args.model_name_or_path:
         parser.error("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model)")
     return script_args, ppo_config, model_args
-
-
-def load_reward_model(path: str, batch_size: int = 16, max_length: int | None = None) -> RewardModelReward:
-    """A reward model checkpoint as a `reward_fn(prompts, completions)`, on the GPU when there is one, eval mode."""
-    path = resolve_model(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(default_device()).eval()
-    return RewardModelReward(model, AutoTokenizer.from_pretrained(path), batch_size, max_length)
 
 
 def training_prompts(script_args: PPOScriptArguments):

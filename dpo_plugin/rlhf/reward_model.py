@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from dpo_plugin_envs import RewardFn
+from dpo_plugin_envs.completion import checked_rewards
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import RewardConfig, RewardTrainer
 
-from envs.completion import checked_rewards
-
 from ..data.assets import resolve_model
-from ..evaluation import Accuracy, RewardFn
-from ..rewards import RewardModelReward
-from ..scoring import as_text
+from ..evaluation.heldout import Accuracy
+from ..evaluation.rewards import RewardModelReward
+from ..evaluation.scoring import as_text
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Registers dpo_plugin's gymnasium environments the first time `gymnasium` is imported.
 
 gymnasium 1.x no longer loads the `gymnasium.envs` entry points of installed plugins, so
-`gymnasium.make("dpo_plugin/PreferencePairs-v0")` would fail unless `envs` had been imported first.
+`gymnasium.make("dpo_plugin/PreferencePairs-v0")` would fail unless `dpo_plugin_envs` had been imported first.
 The `dpo_plugin_envs.pth` file installed beside this module calls `install()` at interpreter start; it only
-adds an import hook (standard library, no gymnasium), and imports `envs` right after gymnasium has loaded.
+adds an import hook (standard library, no gymnasium), and imports `dpo_plugin_envs` right after gymnasium has loaded.
 """
 
 import importlib.util
@@ -12,7 +12,7 @@ import warnings
 
 
 class _RegisterAfterGymnasium:
-    """A `sys.meta_path` finder that lets gymnasium load normally, then imports `envs` (which registers)."""
+    """A `sys.meta_path` finder that lets gymnasium load normally, then imports `dpo_plugin_envs` (which registers)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "gymnasium":
@@ -26,7 +26,7 @@ class _RegisterAfterGymnasium:
         def exec_module(module):
             load_gymnasium(module)
             try:
-                importlib.import_module("envs")
+                importlib.import_module("dpo_plugin_envs")
             except Exception as error:  # never break `import gymnasium` for a broken plugin
                 warnings.warn(f"dpo_plugin could not register its gymnasium environments: {error!r}", stacklevel=2)
 

@@ -1,0 +1,187 @@
+"""`dpo-plugin eval --config recipes/eval.yaml`: a trained policy and its reference through the environments on
+held-out data: preference accuracy, and the rewards and KL of sampled completions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from trl import TrlParser
+
+from ..data.assets import resolve_model
+from ..data.loading import first_rows, load_preference_dataset
+from ..evaluation.heldout import EvaluationReport, preference_accuracies, sampled_completions
+from ..evaluation.policies import CompletionSampler
+from ..evaluation.rewards import RewardModelReward
+from ..evaluation.scoring import SequenceScorer, as_text
+from ..tasks.sentiment.gold import GOLD_TARGETS, GoldSentimentReward
+from ..training.config import REF_QUANTIZATIONS
+from ..training.reference import choose_reference
+from ..utils.atomic import write_json
+from ..utils.devices import default_device
+
+
+@dataclass
+class EvalConfig:
+    """What `dpo-plugin eval` runs: a trained policy and its reference through the environments on held-out data."""
+
+    model_name_or_path: str = field(
+        default=None,
+        metadata={"help": "The trained policy: a `dpo-plugin train` output folder (full model or LoRA adapters)."},
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reference model. Default: for LoRA adapters, their base model with the adapters off; a full "
+            "checkpoint needs it set (e.g. smollm2-135m-instruct)."
+        },
+    )
+    ref_quantization: str = field(
+        default="none",
+        metadata={
+            "help": "Load the reference as training did: `none`, `nf4`, `fp4` or `int8` (bitsandbytes). Of the "
+            "adapters' base model, or of ref_model_name_or_path.",
+            "choices": list(REF_QUANTIZATIONS),
+        },
+    )
+    dataset_name: str = field(default=None, metadata={"help": "Local file or folder, built-in name, or hub id."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_test_split: str = field(default="test", metadata={"help": "The held-out split."})
+    eval_pairs: int = field(default=300, metadata={"help": "Rank the first N held-out pairs (0: skip)."})
+    eval_generations: int = field(
+        default=64,
+        metadata={"help": "Sample a completion for the prompts of the first N held-out pairs, per model (0: skip)."},
+    )
+    max_new_tokens: int = field(default=48, metadata={"help": "Longest sampled completion, in tokens."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature (1.0, with top_p 1 and top_k 0, samples π itself)."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
+    gold_reward: str = field(
+        default="none",
+        metadata={
+            "help": "Gold sentiment reward of sampled completions (classifier trained on Pang & Lee's human labels): "
+            "`from_prompt` (the prompt asks for positive or negative), `positive`, `negative`, or `none`."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A sequence-classification reward model (num_labels=1) to rate samples."}
+    )
+    beta: float = field(default=0.1, metadata={"help": "β of the implicit reward β log π_θ/π_ref (reported only)."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs, prompts or texts per model call."})
+    max_length: int | None = field(
+        default=1024, metadata={"help": "Truncate prompt + completion to this many tokens when scoring."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "Run the models under bfloat16 autocast."})
+    seed: int = field(default=42, metadata={"help": "Seed of candidate order and sampling."})
+    output_file: str = field(default="outputs/eval.json", metadata={"help": "Where the JSON report is written."})
+
+    def __post_init__(self):
+        for name in ("eval_pairs", "eval_generations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.gold_reward not in ("none", *GOLD_TARGETS):
+            raise ValueError(f"gold_reward {self.gold_reward!r} is not known. Valid values: {('none', *GOLD_TARGETS)}.")
+        if self.eval_generations and self.gold_reward == "none" and not self.reward_model_name_or_path:
+            raise ValueError(
+                "eval_generations > 0 needs a reward to rate the samples: set gold_reward or "
+                "reward_model_name_or_path, or set eval_generations: 0."
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (sampling), got {self.temperature}.")
+
+
+def evaluate(argv: list[str]) -> dict:
+    """Run a trained policy and its reference through the environments on held-out data; print and write JSON."""
+    parser = TrlParser((EvalConfig,), prog="dpo-plugin eval")
+    (config,) = parser.parse_args_and_config(argv)
+    for name in ("model_name_or_path", "dataset_name"):
+        if not getattr(config, name):
+            parser.error(f"{name} is required (see recipes/eval.yaml)")
+    wanted = max(config.eval_pairs, config.eval_generations)
+    raw = first_rows(
+        load_preference_dataset(config.dataset_name, config.dataset_test_split, config.dataset_config), wanted
+    )
+    started = time.perf_counter()
+    policy, reference, tokenizer = _load_policy_and_reference(config)
+    pairs = as_text(raw, tokenizer)
+    autocast = _autocast(config.bf16, policy.device)
+    reference_context = lambda: reference.context(autocast)  # noqa: E731
+    scorers = [
+        SequenceScorer(model, tokenizer, config.max_length, config.batch_size, context)
+        for model, context in ((policy, autocast), (reference.model, reference_context))
+    ]
+    report = EvaluationReport(pairs=min(config.eval_pairs, len(pairs)), accuracy={})
+    if config.eval_pairs:
+        report.accuracy = preference_accuracies(
+            *scorers, first_rows(pairs, config.eval_pairs), config.batch_size, config.seed
+        )
+    rewards = {}
+    if config.eval_generations:
+        rewards = _sample_rewards(config, tokenizer)
+        prompts = list(first_rows(pairs, config.eval_generations)["prompt"])
+        generation = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
+        for name, model, context, kl_scorers in (
+            ("reference", reference.model, reference_context, None),
+            ("policy", policy, autocast, scorers),
+        ):
+            sampler = CompletionSampler(model, tokenizer, generation, context)
+            report.samples[name] = sampled_completions(
+                sampler, prompts, rewards, kl_scorers, config.batch_size, config.seed, f"Sampling from the {name}"
+            )
+    print(report.table())
+    results = {"config": asdict(config), **report.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
+    if "gold_sentiment" in rewards:
+        summary = rewards["gold_sentiment"].classifier.summary()
+        results["gold_sentiment_classifier"] = summary
+        print(f"  gold sentiment classifier: {summary['description']}")
+    write_json(Path(config.output_file), results)
+    print(f"Wrote {config.output_file}")
+    return results
+
+
+def _load_policy_and_reference(config: EvalConfig):
+    """The policy, its reference (`choose_reference`) and the tokenizer.
+
+    LoRA adapters with no `ref_model_name_or_path` and no `ref_quantization` share one model: the reference is the
+    policy, adapters off. Otherwise the reference is loaded as training loaded it (the adapters' base model or
+    `ref_model_name_or_path`, in `ref_quantization`).
+    """
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(config.model_name_or_path)
+    is_adapter = (Path(path) / "adapter_config.json").is_file()
+    if not is_adapter and not config.ref_model_name_or_path:
+        raise ValueError(
+            f"{path} is a full model, so eval cannot tell what it was trained against: set ref_model_name_or_path "
+            "(e.g. smollm2-135m-instruct)."
+        )
+    auto_model = AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM
+    policy = auto_model.from_pretrained(path).to(default_device()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    reference = choose_reference(
+        policy, checkpoint=config.ref_model_name_or_path, quantization=config.ref_quantization, tokenizer=tokenizer
+    )
+    return policy, reference, tokenizer
+
+
+def _autocast(bf16: bool, device: torch.device):
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _sample_rewards(config: EvalConfig, tokenizer) -> dict:
+    """The reward components that rate sampled completions: the gold sentiment reward and/or a reward model."""
+    rewards = {}
+    if config.gold_reward != "none":
+        rewards["gold_sentiment"] = GoldSentimentReward(config.gold_reward, tokenizer)
+    if config.reward_model_name_or_path:
+        path = config.reward_model_name_or_path
+        rewards["reward_model"] = RewardModelReward.from_pretrained(path, config.batch_size, config.max_length)
+    return rewards

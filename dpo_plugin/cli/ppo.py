@@ -1,0 +1,28 @@
+"""`dpo-plugin ppo --config recipes/compare/ppo.yaml`: PPO against a reward model, the RLHF baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..evaluation.rewards import RewardModelReward
+from ..rlhf.recipe import build_ppo_trainer, parse_ppo_recipe, training_prompts
+from ..utils.plots import plot_training_curves
+
+
+def ppo(argv: list[str]) -> list[dict]:
+    """PPO against a reward model (`recipes/ppo.yaml`): writes the policy, value head, state and a training plot."""
+    script_args, ppo_config, model_args = parse_ppo_recipe(argv)
+    if not script_args.reward_model_name_or_path:
+        raise ValueError(
+            "reward_model_name_or_path is required: a sequence classifier with one output, e.g. the reward model "
+            "`dpo-plugin compare` trains (outputs/compare/reward_model)."
+        )
+    reward_fn = RewardModelReward.from_pretrained(script_args.reward_model_name_or_path, script_args.reward_batch_size)
+    trainer = build_ppo_trainer(ppo_config, model_args, reward_fn, training_prompts(script_args))
+    log_history = trainer.train()
+    output_dir = Path(ppo_config.output_dir)
+    curves = (("score/mean", "reward-model score"), ("kl/mean", "KL(π‖π_ref) per completion"))
+    title = f"PPO on {script_args.dataset_name}, KL coefficient {ppo_config.kl_coef:g}"
+    plot_training_curves(log_history, output_dir / "training_curves.png", title, curves=curves)
+    print(f"Wrote {output_dir} (policy, value head, ppo_state.json) and {output_dir / 'training_curves.png'}")
+    return log_history

@@ -1,0 +1,112 @@
+"""`dpo-plugin train --config recipe.yaml`: train a recipe, optionally score held-out pairs, write the outputs."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data.loading import first_rows
+from ..evaluation.heldout import EvaluationReport, preference_accuracies
+from ..evaluation.scoring import SequenceScorer, as_text
+from ..training.launch import launch_training
+from ..training.recipe import build_trainer, parse_recipe
+from ..training.reference import INITIAL_POLICY
+from ..utils.atomic import write_json
+from ..utils.plots import plot_training_curves
+
+
+def train(argv: list[str]) -> dict | None:
+    """Train a recipe; with `heldout_eval_pairs`, also score held-out pairs. Writes the model, metrics and plot.
+
+    With `num_processes` or `accelerate_config`, re-runs itself under `accelerate launch` (`training/launch.py`).
+    Stopped by SIGTERM/SIGINT, it saves a checkpoint, writes no final outputs, says how to resume, and exits with
+    128 + signal.
+    """
+    data_args, training_args, model_args, launch_args = parse_recipe(argv)
+    if launch_args.wants_launch:
+        launch_training(argv, launch_args, "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no")
+        return None
+    resume_from = _resume_checkpoint(training_args)
+    trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+    tokenizer = trainer.processing_class
+
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - started
+    if trainer.interrupted_by is not None:
+        _exit_interrupted(trainer, argv)
+    trainer.save_model(training_args.output_dir)
+
+    results = {
+        "recipe": {"data": asdict(data_args), "model": asdict(model_args), "loss_type": training_args.loss_type},
+        "train_pairs": len(train_pairs),
+        "reference": trainer.reference_report,
+        "train_seconds": round(train_seconds, 1),
+        "log_history": trainer.state.log_history,
+    }
+    if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
+        started = time.perf_counter()
+        pairs = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
+        batch_size = data_args.heldout_batch_size
+        accuracy = preference_accuracies(*heldout_scorers(trainer, batch_size), pairs, batch_size)
+        report = EvaluationReport(pairs=len(pairs), accuracy=accuracy)
+        results["heldout"] = report.to_dict()
+        results["heldout_seconds"] = round(time.perf_counter() - started, 1)
+        print(report.table())
+    if trainer.accelerator.is_main_process:
+        output_dir = Path(training_args.output_dir)
+        write_json(output_dir / "metrics.json", results)
+        title = f"{', '.join(training_args.loss_type)} on {data_args.dataset_name}, β = {training_args.beta}"
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title)
+        print(f"Wrote {output_dir / 'metrics.json'} and {output_dir / 'training_curves.png'}")
+    return results
+
+
+def heldout_scorers(trainer, batch_size: int = 16) -> tuple[SequenceScorer, SequenceScorer]:
+    """`SequenceScorer`s of the trained policy and of the reference it trained against, in training precision."""
+    if trainer.reference is None or trainer.reference.kind == INITIAL_POLICY:
+        raise ValueError(
+            "Scoring against the reference needs it in memory, but this run keeps none (full fine-tuning with "
+            "reference_free or precompute_ref_log_probs). Pass a ref_model, train LoRA adapters, or use "
+            "`dpo-plugin eval` with ref_model_name_or_path."
+        )
+    policy = trainer.accelerator.unwrap_model(trainer.model).eval()
+    max_length = trainer.args.max_length
+    return (
+        SequenceScorer(policy, trainer.processing_class, max_length, batch_size, trainer.accelerator.autocast),
+        SequenceScorer(
+            trainer.reference.model, trainer.processing_class, max_length, batch_size, trainer.reference_context
+        ),
+    )
+
+
+def _resume_checkpoint(training_args) -> str | None:
+    """`resume_from_checkpoint` as a folder: `true`/`last` mean the newest complete checkpoint in `output_dir`."""
+    value = training_args.resume_from_checkpoint
+    if value is None or value.lower() not in ("true", "last"):
+        return value
+    checkpoint = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+    if checkpoint is None:
+        raise ValueError(
+            f"resume_from_checkpoint: {value} found no checkpoint-<step> folder in {training_args.output_dir}: "
+            "pass a checkpoint folder, or drop the key to start afresh."
+        )
+    return checkpoint
+
+
+def _exit_interrupted(trainer, argv: list[str]) -> None:
+    """Say where the run stopped and how to resume it, then exit with 128 + the signal's number (as a shell does)."""
+    signum = trainer.interrupted_by
+    if trainer.accelerator.is_main_process:
+        checkpoint = get_last_checkpoint(trainer.args.output_dir)
+        print(
+            f"Stopped by {signal.Signals(signum).name} at step {trainer.state.global_step}: checkpoint {checkpoint}; "
+            "no final model or metrics were written. Resume with:\n"
+            f"  dpo-plugin train {' '.join(argv)} --resume_from_checkpoint {checkpoint}"
+        )
+    sys.exit(128 + signum)

@@ -1,0 +1,163 @@
+"""Gymnasium-style evaluation: language-model agents run through the `envs` environments over held-out data.
+
+Preference accuracy is the mean return of PreferencePairs-v0 walked in order (each held-out pair exactly once);
+sampled-completion quality is the mean return of Completion-v0 per reward component, with the sampled
+KL(π_θ ‖ π_ref) = E_{y∼π_θ}[log π_θ(y|x) − log π_ref(y|x)] scored on exactly the sampled tokens. Both use native
+vector environments, so a model scores a whole batch per call and a reward model rates a whole batch per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import gymnasium
+import torch
+from dpo_plugin_envs import RewardFn  # importing it registers the environments, also where the .pth hook is absent
+from tqdm.auto import tqdm
+
+from .policies import CompletionSampler, PreferenceChooser
+from .scoring import SequenceScorer
+
+
+@dataclass
+class Accuracy:
+    """A fraction of pairs ranked correctly, with its 95% Wilson score interval."""
+
+    value: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, correct: torch.Tensor) -> Accuracy:
+        n, z = correct.numel(), 1.959964
+        p = int(correct.sum()) / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return cls(p, centre - half, centre + half)
+
+    def __str__(self) -> str:
+        return f"{100 * self.value:5.1f}%  [{100 * self.low:4.1f}, {100 * self.high:4.1f}]"
+
+
+def preference_accuracy(chooser: PreferenceChooser, pairs, batch_size: int = 16, seed: int = 0) -> Accuracy:
+    """Mean return of `chooser` over PreferencePairs-v0 walked in order: each of the text `pairs` exactly once."""
+    n = len(pairs)
+    env = gymnasium.make_vec(
+        "dpo_plugin/PreferencePairs-v0",
+        num_envs=min(batch_size, n),
+        vectorization_mode="vector_entry_point",
+        dataset=pairs,
+    )
+    observations, _ = env.reset(seed=seed)
+    returns: list[float] = []
+    with tqdm(total=n, desc=f"Ranking pairs by {chooser.name}", unit="pair") as progress:
+        while len(returns) < n:
+            observations, rewards, *_ = env.step(chooser(observations))
+            new = rewards[: n - len(returns)].tolist()  # the last batch wraps around to the first pairs
+            returns += new
+            progress.update(len(new))
+    env.close()
+    return Accuracy.of(torch.tensor(returns) > 0.5)
+
+
+def preference_accuracies(
+    policy: SequenceScorer, reference: SequenceScorer, pairs, batch_size: int = 16, seed: int = 0
+):
+    """Accuracy of the reference by likelihood (before training) and of the policy by implicit reward and likelihood.
+
+    The scorers memoize, so each model scores each held-out completion once across the three rankings.
+    """
+    choosers = {
+        "reference, by log-likelihood": PreferenceChooser.by_likelihood(reference),
+        "policy, by implicit reward": PreferenceChooser.by_implicit_reward(policy, reference),
+        "policy, by log-likelihood": PreferenceChooser.by_likelihood(policy),
+    }
+    return {name: preference_accuracy(chooser, pairs, batch_size, seed) for name, chooser in choosers.items()}
+
+
+@dataclass
+class SampleReport:
+    """Completion-v0 over `completions` prompts: the mean of each reward component, and the mean sampled KL."""
+
+    completions: int
+    rewards: dict[str, float]
+    kl: float | None
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+def sampled_completions(
+    sampler: CompletionSampler,
+    prompts: Sequence[str],
+    rewards: Mapping[str, RewardFn],
+    kl_scorers: tuple[SequenceScorer, SequenceScorer] | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    desc: str = "Sampling completions",
+) -> SampleReport:
+    """Sample one completion per prompt and step Completion-v0 with it; with `kl_scorers` (policy, reference), also
+    average log π_θ(y|x) − log π_ref(y|x) over the samples."""
+    n = len(prompts)
+    env = gymnasium.make_vec(
+        "dpo_plugin/Completion-v0",
+        num_envs=min(batch_size, n),
+        vectorization_mode="vector_entry_point",
+        dataset=[{"prompt": prompt} for prompt in prompts],
+        reward_fn=dict(rewards),
+    )
+    observations, _ = env.reset(seed=seed)
+    torch.manual_seed(seed)
+    components: dict[str, list[float]] = {name: [] for name in rewards}
+    kls: list[float] = []
+    examples: list[dict[str, str]] = []
+    with tqdm(total=n, desc=desc, unit="completion") as progress:
+        while len(examples) < n:
+            samples = sampler.sample(list(observations))
+            keep = min(len(samples.texts), n - len(examples))
+            if kl_scorers is not None:
+                policy, reference = kl_scorers
+                log_ratios = policy.score_ids(samples.prompt_ids, samples.completion_ids) - reference.score_ids(
+                    samples.prompt_ids, samples.completion_ids
+                )
+                kls += log_ratios[:keep].tolist()
+            step_prompts = list(observations)
+            observations, _, _, _, infos = env.step(tuple(samples.texts))
+            for name in components:
+                components[name] += infos["final_info"]["reward_components"][name][:keep].tolist()
+            kept = zip(step_prompts[:keep], samples.texts[:keep], strict=True)
+            examples += [{"prompt": prompt, "completion": completion} for prompt, completion in kept]
+            progress.update(keep)
+    env.close()
+    return SampleReport(
+        completions=n,
+        rewards={name: sum(values) / n for name, values in components.items()},
+        kl=sum(kls) / n if kl_scorers else None,
+        examples=examples[:8],
+    )
+
+
+@dataclass
+class EvaluationReport:
+    """Held-out preference accuracies and, per sampling model ("reference", "policy"), sampled-completion results."""
+
+    pairs: int
+    accuracy: dict[str, Accuracy]
+    samples: dict[str, SampleReport] = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [f"Held-out preference accuracy on {self.pairs} pairs (95% Wilson interval)"]
+        lines += [f"  {name:<34}{accuracy}" for name, accuracy in self.accuracy.items()]
+        if self.samples:
+            names = list(next(iter(self.samples.values())).rewards)
+            count = next(iter(self.samples.values())).completions
+            lines += ["", f"Sampled completions, mean over {count} held-out prompts"]
+            lines.append("  " + f"{'':<12}" + "".join(f"{name:>16}" for name in [*names, "KL(π‖π_ref)"]))
+            for model, report in self.samples.items():
+                kl = "0 (itself)" if report.kl is None else f"{report.kl:.3f}"
+                values = [f"{report.rewards[name]:.3f}" for name in names] + [kl]
+                lines.append("  " + f"{model:<12}" + "".join(f"{value:>16}" for value in values))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

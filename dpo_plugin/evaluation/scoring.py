@@ -1,0 +1,111 @@
+"""log π(y|x) of completions under a causal LM: tokenized as TRL tokenizes, batched, memoized by text."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from trl.data_utils import common_prefix_length, is_conversational, maybe_apply_chat_template
+
+from ..objectives.logprobs import sequence_logps
+from ..trl_private import tokenize_as_trl
+
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """A string prompt's token ids as TRL's `DPOTrainer` tokenizes it."""
+    return tokenize_as_trl(tokenizer, prompt)["input_ids"]
+
+
+def split_prompt_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of a string prompt and its completion, exactly as TRL's `DPOTrainer` tokenizes string data.
+
+    The prompt and prompt + completion are tokenized separately and the completion starts where the two diverge.
+    Completions are taken as given: render conversational rows with `trl.apply_chat_template` first (that string is
+    what TRL trains on), and append the EOS token yourself where TRL would (string datasets).
+    """
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    full_ids = tokenize_as_trl(tokenizer, prompt + completion)["input_ids"]
+    start = common_prefix_length(prompt_ids, full_ids)
+    return full_ids[:start], full_ids[start:]
+
+
+class SequenceScorer:
+    """Summed completion log-probs log π(y|x) = Σ_t log π(y_t | x, y<t) under `model`, `batch_size` rows at a time.
+
+    Sequences are truncated to `max_length` tokens keeping the start, as TRL's collator does, and go through the same
+    `sequence_logps` as training, inside `context()` (e.g. the training autocast, or a PEFT policy's adapters turned
+    off to make it the reference). Scores of text pairs are memoized, so policies that rank the same pairs share them.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_length: int | None = None,
+        batch_size: int = 16,
+        context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.batch_size, self.context = max_length, batch_size, context
+        self._memo: dict[tuple[str, str], float] = {}
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """log π(completion | prompt) for each text pair, float32, shape (len(prompts),)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"Got {len(prompts)} prompts but {len(completions)} completions.")
+        keys = list(zip(prompts, completions, strict=True))
+        missing = list(dict.fromkeys(key for key in keys if key not in self._memo))
+        if missing:
+            ids = [split_prompt_completion(self.tokenizer, prompt, completion) for prompt, completion in missing]
+            scores = self.score_ids([p for p, _ in ids], [c for _, c in ids])
+            self._memo.update(zip(missing, scores.tolist(), strict=True))
+        return torch.tensor([self._memo[key] for key in keys], dtype=torch.float32)
+
+    @torch.no_grad()
+    def score_ids(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> Tensor:
+        """log π(y|x) for token ids (e.g. sampled completions, scored on exactly the sampled tokens), float32."""
+        scores = []
+        for start in range(0, len(prompt_ids), self.batch_size):
+            end = start + self.batch_size
+            batch = self._collate(prompt_ids[start:end], completion_ids[start:end])
+            completion_mask = batch.pop("completion_mask")
+            with self.context():
+                scores.append(sequence_logps(self.model, batch, completion_mask).float().cpu())
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+    def _collate(self, prompt_ids, completion_ids) -> dict[str, Tensor]:
+        """Right-padded `input_ids`, `attention_mask` and `completion_mask` on the model's device."""
+        sequences, masks = [], []
+        for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+            ids, is_completion = list(prompt) + list(completion), [0] * len(prompt) + [1] * len(completion)
+            sequences.append(torch.tensor(ids[: self.max_length], dtype=torch.long))
+            masks.append(torch.tensor(is_completion[: self.max_length], dtype=torch.long))
+        device = self.model.device
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return {
+            "input_ids": pad_sequence(sequences, batch_first=True, padding_value=pad_id).to(device),
+            "attention_mask": pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True).to(device),
+            "completion_mask": pad_sequence(masks, batch_first=True).to(device),
+            "use_cache": False,
+        }
+
+
+def as_text(dataset, tokenizer):
+    """Preference rows as the strings TRL tokenizes: conversational rows through the chat template (prompt with the
+    generation prompt; completions the rest of the rendered conversation), string rows with EOS appended."""
+
+    def render(row):
+        if is_conversational(row):
+            return maybe_apply_chat_template(row, tokenizer)
+        eos = tokenizer.eos_token or ""
+        return {key: row[key] if key == "prompt" or row[key].endswith(eos) else row[key] + eos for key in TEXT_COLUMNS}
+
+    return dataset.map(render, desc="Rendering pairs as text")

@@ -1,0 +1,14 @@
+"""`dpo-plugin bench {memory,speed} --config recipe.yaml [--key value ...]`: measurements any user can rerun."""
+
+import importlib
+
+# name -> the module whose function of the same name runs that benchmark (imported only when it runs)
+BENCHMARKS = {"memory": "memory", "speed": "speed"}
+
+
+def bench(argv: list[str]) -> dict:
+    """Run the benchmark named by `argv[0]` on the recipe the rest of `argv` describes."""
+    if not argv or argv[0] not in BENCHMARKS:
+        raise SystemExit(f"usage: dpo-plugin bench {{{', '.join(BENCHMARKS)}}} --config recipe.yaml [--key value ...]")
+    module = importlib.import_module(f"{__name__}.{BENCHMARKS[argv[0]]}")
+    return getattr(module, argv[0])(argv[1:])

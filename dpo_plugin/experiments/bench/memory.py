@@ -1,0 +1,162 @@
+"""`dpo-plugin bench memory`: what a quantized reference saves, measured for every mode in one run.
+
+Each mode (none / nf4 / fp4 / int8) trains the recipe for a few steps in a fresh process, so that the peak resident
+memory of one mode never carries over into the next; CUDA peaks are reset per process too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import multiprocessing
+import os
+import resource
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...training.config import REF_QUANTIZATIONS
+from ...training.recipe import build_trainer, parse_recipe
+from ...utils.atomic import write_json
+from ...utils.devices import device_name
+
+MB = 1e6
+
+
+@dataclass
+class MemoryBenchArguments:
+    """What `dpo-plugin bench memory` measures, on top of a training recipe."""
+
+    bench_modes: list[str] = field(
+        default_factory=lambda: list(REF_QUANTIZATIONS),
+        metadata={"help": f"Reference quantizations to compare, each in its own process: {list(REF_QUANTIZATIONS)}."},
+    )
+    bench_steps: int = field(default=4, metadata={"help": "Optimizer steps of the short training run per mode."})
+    bench_output: str = field(
+        default="outputs/bench_memory.json", metadata={"help": "Where the JSON results are written."}
+    )
+
+    def __post_init__(self):
+        unknown = [mode for mode in self.bench_modes if mode not in REF_QUANTIZATIONS]
+        if unknown or not self.bench_modes:
+            raise ValueError(f"bench_modes {self.bench_modes} must be a non-empty list of {list(REF_QUANTIZATIONS)}.")
+        if self.bench_steps < 1:
+            raise ValueError(f"bench_steps must be >= 1, got {self.bench_steps}.")
+
+
+def memory(argv: list[str]) -> dict:
+    """Train the recipe briefly once per reference quantization and compare memory; print a table, write JSON."""
+    *_, bench_args = parse_recipe(argv, extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory")
+    spawn = multiprocessing.get_context("spawn")
+    rows = []
+    for index, mode in enumerate(bench_args.bench_modes, 1):
+        print(f"[{index}/{len(bench_args.bench_modes)}] reference {mode}: {bench_args.bench_steps} training steps")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as fresh_process:
+            rows.append(fresh_process.submit(measure_mode, argv, mode, bench_args.bench_steps).result())
+    results = {"argv": argv, "device": device_name(), "modes": rows}
+    print(memory_table(rows))
+    write_json(Path(bench_args.bench_output), results)
+    print(f"Wrote {bench_args.bench_output}")
+    return results
+
+
+def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
+    """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode`, train `steps` steps, and
+    return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        overrides = ["--ref_quantization", mode, "--max_steps", str(steps), "--output_dir", output_dir]
+        overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
+        data_args, training_args, model_args, _, _ = parse_recipe(
+            [*argv, *overrides], extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory"
+        )
+        trainer, _, _ = build_trainer(data_args, training_args, model_args)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        release_freed_memory()  # loading and the gap measurement free memory that glibc would otherwise keep
+        setup_rss = current_rss_bytes()
+        started = time.perf_counter()
+        with PeakRSS() as training_peak:
+            trainer.train()
+        seconds = time.perf_counter() - started
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    reference = trainer.accelerator.unwrap_model(trainer.ref_model) if trainer.ref_model is not None else None
+    return {
+        "ref_quantization": mode,
+        "reference": "shared with the policy (adapters off)" if reference is None else "separate model",
+        "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
+        "policy_bytes": policy.get_memory_footprint(),
+        "rss_after_setup_bytes": setup_rss,
+        "peak_rss_training_bytes": training_peak.bytes,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "seconds_per_step": seconds / steps,
+        "gap": (trainer.reference_report or {}).get("gap"),
+    }
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc `malloc_trim`), so RSS reflects what is held, not what was."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakRSS:
+    """The largest resident set size seen while the `with` block runs, sampled every `interval` seconds.
+
+    Unlike `ru_maxrss` (the whole process's peak, model loading included), this is the peak of the block alone.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.bytes = interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.bytes = max(self.bytes, current_rss_bytes())
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.bytes = max(self.bytes, current_rss_bytes())
+
+
+def memory_table(rows: list[dict]) -> str:
+    """The measured rows as a Markdown table; the reference's bytes also as a fraction of the `none` row's."""
+    baseline = next((row["reference_bytes"] for row in rows if row["ref_quantization"] == "none"), 0)
+    lines = [
+        "| reference | reference MB | × full precision | policy MB | RSS after setup MB | peak RSS training MB "
+        "| peak RSS process MB | peak CUDA MB | s/step | mean \\|Δ log π_ref(y)\\| | token KL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = f"{row['reference_bytes'] / baseline:.2f}" if baseline else "—"
+        cuda = f"{row['peak_cuda_bytes'] / MB:.0f}" if row["peak_cuda_bytes"] is not None else "—"
+        gap = row["gap"] or {}
+        diff = f"{gap['logp_abs_diff_mean']:.3f}" if gap else "—"
+        kl = f"{gap['token_kl_mean']:.4f}" if gap else "—"
+        sizes = f"{row['reference_bytes'] / MB:.1f} | {ratio} | {row['policy_bytes'] / MB:.1f}"
+        lines.append(
+            f"| {row['ref_quantization']} | {sizes} | {row['rss_after_setup_bytes'] / MB:.0f} "
+            f"| {row['peak_rss_training_bytes'] / MB:.0f} | {row['peak_rss_bytes'] / MB:.0f} | {cuda} "
+            f"| {row['seconds_per_step']:.2f} | {diff} | {kl} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,283 @@
+"""`dpo-plugin bench speed`: PreferenceTrainer against TRL's DPOTrainer on the same model, data and settings.
+
+In one process, contenders take turns over `bench_rounds` rounds, each training `bench_warmup` untimed steps then
+`bench_steps` timed ones on the same token batches: the raw compute bound (a plain PyTorch loop doing only the
+policy forward+backward with full logits, the reference forward in inference mode and the optimizer step, no
+trainer), then per objective TRL's `DPOTrainer` with its nearest loss (`sigmoid` for dpo and TDPO, `ipo` for ipo)
+and `PreferenceTrainer`. A step's time runs from the end of the previous step to the end of this one, so data
+loading, logging and everything else a trainer does between steps count.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from statistics import mean
+
+import torch
+from peft import get_peft_model
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer, get_peft_config
+
+from ...objectives.logprobs import log_probs_from_logits, token_logps
+from ...objectives.losses import OBJECTIVES, dpo_loss
+from ...training.recipe import build_trainer, load_policy, parse_recipe
+from ...training.reference import Reference, choose_reference
+from ...utils.atomic import write_json
+from ...utils.devices import device_name
+
+TRL_COUNTERPART = {"dpo": "sigmoid", "ipo": "ipo", "tdpo1": "sigmoid", "tdpo2": "sigmoid"}
+
+
+@dataclass
+class SpeedBenchArguments:
+    """What `dpo-plugin bench speed` measures, on top of a training recipe."""
+
+    bench_objectives: list[str] = field(
+        default_factory=lambda: ["dpo", "ipo", "tdpo2"],
+        metadata={"help": f"Plugin objectives to time, each against TRL's nearest loss: {list(OBJECTIVES)}."},
+    )
+    bench_steps: int = field(default=4, metadata={"help": "Timed optimizer steps per contender and round."})
+    bench_warmup: int = field(default=1, metadata={"help": "Untimed steps at the start of every turn."})
+    bench_rounds: int = field(default=2, metadata={"help": "Rounds in which the contenders take turns."})
+    bench_output: str = field(default="outputs/bench_speed.json", metadata={"help": "Where the JSON is written."})
+
+    def __post_init__(self):
+        unknown = [name for name in self.bench_objectives if name not in OBJECTIVES]
+        if unknown or not self.bench_objectives:
+            raise ValueError(f"bench_objectives {self.bench_objectives} must name some of {list(OBJECTIVES)}.")
+        for name in ("bench_steps", "bench_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.bench_warmup < 0:
+            raise ValueError(f"bench_warmup must be >= 0, got {self.bench_warmup}.")
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step, end to end: from the previous step's end (or the start of training)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.times: list[float] = []
+        self._last = _now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = _now()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+def _now() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class TrainerContender:
+    """A trainer timed through `train()` for a given number of steps (each turn restarts on the same batches)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.timer = trainer, StepTimer()
+        trainer.add_callback(self.timer)
+
+    def run(self, steps: int) -> list[float]:
+        self.trainer.args.max_steps = steps
+        self.trainer.train()
+        return self.timer.times
+
+
+class RawBound:
+    """The least a DPO step must compute, with no trainer: policy forward (full logits) and backward, reference
+    forward in inference mode, an AdamW step, in the recipe's precision, on the trainer's own token batches."""
+
+    def __init__(self, policy, reference: Reference, batches, args):
+        self.policy, self.reference, self.batches, self.args = policy, reference, batches, args
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+        if args.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
+
+    def run(self, steps: int) -> list[float]:
+        times, last = [], _now()
+        per_step = self.args.gradient_accumulation_steps
+        for step in range(steps):
+            for batch in self.batches[step * per_step : (step + 1) * per_step]:
+                self._micro_step(batch, per_step)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            now = _now()
+            times.append(now - last)
+            last = now
+        return times
+
+    def _micro_step(self, batch, accumulation: int) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its DPO loss (detached)."""
+        labels = batch["input_ids"][:, 1:].masked_fill(batch["completion_mask"][:, 1:] == 0, -100)
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        autocast = torch.autocast(self.policy.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
+        with torch.inference_mode(), self.reference.context(), autocast:
+            ref_logits = self.reference.model(**kwargs).logits[:, :-1]
+            ref_logps = token_logps(log_probs_from_logits(ref_logits), labels).sum(-1)
+        with autocast:
+            logits = self.policy(**kwargs).logits[:, :-1]
+        logps = token_logps(log_probs_from_logits(logits), labels).sum(-1)
+        ratios = (logps - ref_logps.clone()).chunk(2)
+        loss = dpo_loss(*ratios, self.args.beta).losses.mean()
+        (loss / accumulation).backward()
+        return loss.detach()
+
+
+def speed(argv: list[str]) -> dict:
+    """Time TRL, the plugin and the raw bound in alternating turns; print a table and write JSON."""
+    *_, bench_args = parse_recipe(argv, extra=(SpeedBenchArguments,), prog="dpo-plugin bench speed")
+    steps_per_turn = bench_args.bench_warmup + bench_args.bench_steps
+    with tempfile.TemporaryDirectory() as output_dir:
+        contenders, batch_tokens, pairs_per_step = _contenders(argv, bench_args, steps_per_turn, output_dir)
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for round_index in range(bench_args.bench_rounds):
+            for name, contender in contenders.items():
+                print(f"round {round_index + 1}/{bench_args.bench_rounds}: {name}, {steps_per_turn} steps")
+                times[name] += contender.run(steps_per_turn)[bench_args.bench_warmup :]
+    tokens_per_step = mean(batch_tokens[bench_args.bench_warmup :])
+    rows = _rows(times, bench_args.bench_objectives, pairs_per_step, tokens_per_step)
+    results = {"argv": argv, "device": device_name(), "pairs_per_step": pairs_per_step, "rows": rows}
+    results["step_seconds"] = times
+    print(speed_table(rows))
+    write_json(Path(bench_args.bench_output), results)
+    print(f"Wrote {bench_args.bench_output}")
+    return results
+
+
+def _contenders(argv, bench_args, steps_per_turn: int, output_dir: str):
+    """The raw bound, then TRL's and the plugin's trainer per objective; the token counts of the timed batches."""
+    overrides = ["--output_dir", output_dir, "--save_strategy", "no", "--report_to", "none"]
+    overrides += ["--heldout_eval_pairs", "0", "--logging_steps", "1", "--disable_tqdm", "true"]
+    contenders: dict = {}
+    for objective in bench_args.bench_objectives:
+        data_args, args, model_args, _, _ = parse_recipe(
+            [*argv, *overrides, "--loss_type", objective], extra=(SpeedBenchArguments,), prog="dpo-plugin bench speed"
+        )
+        plugin, train_pairs, _ = build_trainer(data_args, args, model_args)
+        if not contenders:
+            batches = _batches(plugin, steps_per_turn * args.gradient_accumulation_steps)
+            contenders["raw bound"] = _raw_bound(plugin, batches, model_args, args)
+            step_tokens = [
+                sum(int(b["attention_mask"].sum()) for b in batches[i : i + args.gradient_accumulation_steps])
+                for i in range(0, len(batches), args.gradient_accumulation_steps)
+            ]
+            pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        trl_loss = TRL_COUNTERPART[objective]
+        contenders[f"{objective}: TRL DPOTrainer ({trl_loss})"] = TrainerContender(
+            _trl_trainer(plugin, train_pairs, model_args, args, trl_loss)
+        )
+        contenders[f"{objective}: PreferenceTrainer"] = TrainerContender(plugin)
+    return contenders, step_tokens, pairs_per_step
+
+
+def _batches(trainer, count: int) -> list[dict]:
+    """The first `count` batches the trainer's own dataloader yields, on its device."""
+    batches = []
+    for batch in trainer.get_train_dataloader():
+        batches.append({key: value.to(trainer.args.device) for key, value in batch.items()})
+        if len(batches) == count:
+            return batches
+    raise ValueError(f"The recipe's training data gives fewer than {count} batches: raise max_train_pairs.")
+
+
+def _raw_bound(plugin, batches, model_args, args) -> RawBound:
+    """A fresh policy (with the recipe's LoRA adapters) against the reference the plugin trains against: its separate
+    reference (shared, read-only), else the policy's own base with the adapters off, else a frozen copy (where the
+    plugin precomputes reference log-probs)."""
+    policy, _ = load_policy(model_args, args.device)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        policy = get_peft_model(policy, peft_config)
+    policy.to(args.device).train()
+    separate = plugin.reference is not None and plugin.reference.separate
+    reference = choose_reference(policy, plugin.accelerator.unwrap_model(plugin.ref_model) if separate else None)
+    return RawBound(policy, reference, batches, args)
+
+
+def _trl_trainer(plugin, train_pairs, model_args, args, loss_type: str) -> DPOTrainer:
+    """TRL's DPOTrainer with the recipe's settings and a reference of the same precision as the plugin's."""
+    config = {f.name: getattr(args, f.name) for f in fields(DPOConfig) if f.init}
+    config["loss_type"] = [loss_type]
+    trl_args = DPOConfig(**config)
+    policy, tokenizer = load_policy(model_args, args.device)
+    ref_model = None
+    if args.builds_reference:
+        ref_model = choose_reference(
+            policy,
+            checkpoint=plugin.reference.checkpoint,
+            quantization=args.ref_quantization,
+            compute_dtype=args.ref_bnb_4bit_compute_dtype,
+            double_quant=args.ref_bnb_4bit_use_double_quant,
+            tokenizer=tokenizer,
+            device=args.device,
+        ).model
+    return DPOTrainer(
+        model=policy,
+        ref_model=ref_model,
+        args=trl_args,
+        train_dataset=train_pairs,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def _rows(times: dict[str, list[float]], objectives: list[str], pairs_per_step: int, tokens_per_step: float):
+    raw = mean(times["raw bound"])
+    rows = [_row("raw bound", times["raw bound"], pairs_per_step, tokens_per_step)]
+    dpo_seconds = None
+    for objective in objectives:
+        trl_name = next(name for name in times if name.startswith(f"{objective}: TRL"))
+        trl, plugin = mean(times[trl_name]), mean(times[f"{objective}: PreferenceTrainer"])
+        rows.append(_row(trl_name, times[trl_name], pairs_per_step, tokens_per_step, raw=raw))
+        row = _row(
+            f"{objective}: PreferenceTrainer",
+            times[f"{objective}: PreferenceTrainer"],
+            pairs_per_step,
+            tokens_per_step,
+            raw=raw,
+        )
+        row["speedup_vs_trl"] = trl / plugin
+        if objective == "dpo":
+            dpo_seconds = plugin
+        elif dpo_seconds is not None:
+            row["step_time_vs_plugin_dpo"] = plugin / dpo_seconds
+        rows.append(row)
+    return rows
+
+
+def _row(name, seconds: list[float], pairs_per_step: int, tokens_per_step: float, raw: float | None = None):
+    step = mean(seconds)
+    row = {
+        "contender": name,
+        "seconds_per_step": step,
+        "seconds_min": min(seconds),
+        "seconds_max": max(seconds),
+        "pairs_per_second": pairs_per_step / step,
+        "tokens_per_second": tokens_per_step / step,
+    }
+    if raw is not None:
+        row["fraction_of_raw_bound"] = raw / step
+    return row
+
+
+def speed_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| contender | s/step (min–max) | pairs/s | tokens/s | × TRL | of raw bound | × plugin dpo step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        speedup = f"{row['speedup_vs_trl']:.2f}" if "speedup_vs_trl" in row else ""
+        raw = f"{100 * row['fraction_of_raw_bound']:.0f}%" if "fraction_of_raw_bound" in row else ""
+        versus_dpo = f"{row['step_time_vs_plugin_dpo']:.2f}" if "step_time_vs_plugin_dpo" in row else ""
+        seconds = f"{row['seconds_per_step']:.2f} ({row['seconds_min']:.2f}–{row['seconds_max']:.2f})"
+        lines.append(
+            f"| {row['contender']} | {seconds} | {row['pairs_per_second']:.2f} | {row['tokens_per_second']:.0f} "
+            f"| {speedup} | {raw} | {versus_dpo} |"
+        )
+    return "\n".join(lines)

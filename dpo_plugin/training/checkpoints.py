@@ -1,0 +1,104 @@
+"""Checkpoints and final saves that are whole or absent, never half-written, and never hold NaN weights.
+
+`StagedCheckpoints` is a mixin for a transformers `Trainer` (here TRL's `DPOTrainer`): every file of a checkpoint
+is written into a hidden staging folder (`utils.atomic.staged_folder`) and the folder is renamed into place once
+complete; the final model's files are staged and each renamed into the output folder. It also saves and restores
+the state TRL keeps outside `TrainerState` (its `num_tokens` count), so a resumed run logs what an uninterrupted
+one does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from ..utils.atomic import atomic_file, publish_folder, staged_folder
+from .guards import NonFiniteTrainingError, weights_are_finite
+
+# Trainer state that TRL keeps outside `TrainerState`, saved in each checkpoint so a resumed run logs the same metrics.
+PLUGIN_STATE_NAME = "dpo_plugin_state.json"
+
+
+class StagedCheckpoints:
+    """Mixin: `save_model` and `_save_checkpoint` through staging folders; `num_tokens` restored on resume."""
+
+    _staging_run_dir: str | None = None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's save, staged: the files are written to a hidden folder beside `output_dir`, then each is renamed into
+        place, so none is ever half-written. Refused (`NonFiniteTrainingError`, nothing written) when a weight is NaN
+        or infinite. Checkpoints (`_internal_call`) are staged whole by `_save_checkpoint`."""
+        output_dir = output_dir or self.args.output_dir
+        if not weights_are_finite(self.accelerator.unwrap_model(self.model)):
+            raise NonFiniteTrainingError(
+                f"The policy has NaN or infinite weights at step {self.state.global_step}: not saving them to "
+                f"{output_dir}. Resume from the last good checkpoint, lowering learning_rate."
+            )
+        if _internal_call:
+            super().save_model(output_dir, _internal_call)
+            return
+        with self._staged(Path(output_dir)) as staging:
+            super().save_model(str(staging))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """TRL's checkpoint (model, optimizer, scheduler, RNG, trainer state), written whole to a hidden staging
+        folder, then renamed to `checkpoint-<step>` in one step: a kill at any moment leaves only complete checkpoints.
+
+        Rotation (`save_total_limit`) and the best-checkpoint bookkeeping run once the checkpoint is in place.
+        """
+        run_dir = Path(self._get_output_dir(trial))
+        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with self._staged(checkpoint, publish=False) as staging:
+            self._staging_run_dir = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_run_dir = None
+            staged = staging / checkpoint.name
+            if self.args.should_save:
+                self._record_best_checkpoint(run_dir, staged)
+                plugin_state = {"total_train_tokens": self._total_train_tokens}
+                atomic_file(staged / PLUGIN_STATE_NAME, lambda path: Path(path).write_text(json.dumps(plugin_state)))
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                publish_folder(staged, checkpoint)
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def _staged(self, target: Path, publish: bool = True):
+        """`staged_folder(target)` for all processes: each writes, the main process clears and publishes."""
+        return staged_folder(
+            target,
+            publish=publish,
+            main_process=self.accelerator.is_main_process,
+            barrier=self.accelerator.wait_for_everyone,
+        )
+
+    def _get_output_dir(self, trial) -> str:
+        """The run folder, or while a checkpoint is being written, its staging folder."""
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _record_best_checkpoint(self, run_dir: Path, staged: Path) -> None:
+        """Point `best_model_checkpoint` at the published folder of the best step (Transformers looked for it in the
+        staging folder), and rewrite the staged trainer state with it."""
+        if not self.state.best_global_step:
+            return
+        best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+        if best.exists() or best.name == staged.name:
+            self.state.best_model_checkpoint = str(best)
+            self.state.save_to_json(str(staged / "trainer_state.json"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Transformers' restore, plus the state TRL keeps outside `TrainerState` (the `num_tokens` count)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint and os.path.isfile(os.path.join(checkpoint, PLUGIN_STATE_NAME)):
+            with open(os.path.join(checkpoint, PLUGIN_STATE_NAME)) as file:
+                self._total_train_tokens = json.load(file)["total_train_tokens"]

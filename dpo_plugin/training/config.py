@@ -1,0 +1,216 @@
+"""`PreferenceConfig`: TRL's `DPOConfig` plus the plugin's objectives, validated at construction."""
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from ..objectives.losses import OBJECTIVES, TOKEN_LEVEL_OBJECTIVES
+
+REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+BNB_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# The loss names TRL 1.16's `DPOTrainer._compute_loss` knows; `ipo` is also a plugin name and the plugin's wins.
+TRL_LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
+@dataclass
+class PreferenceConfig(DPOConfig):
+    """`trl.DPOConfig` with the plugin's objectives.
+
+    `loss_type` takes one plugin objective (`dpo`, `ipo`, `tdpo1`, `tdpo2`) or any of TRL's own loss names, which
+    `PreferenceTrainer` hands to `trl.DPOTrainer` unchanged. Everything else is TRL's `DPOConfig`.
+    """
+
+    loss_type: list[str] = field(
+        default_factory=lambda: ["dpo"],
+        metadata={
+            "help": "Objective. Plugin objectives: `dpo` (DPO; cDPO with `label_smoothing` > 0; reference-free with "
+            "`reference_free`), `ipo` (IPO, see `ipo_normalize`), `tdpo1`, `tdpo2` (token-level DPO). TRL's own names "
+            f"({', '.join(TRL_LOSS_TYPES)}) are computed by TRL's DPOTrainer, and may be combined with `loss_weights`."
+        },
+    )
+    reference_free: bool = field(
+        default=False,
+        metadata={"help": "`dpo` only: treat log π_ref ≡ 0, so no reference model is run or kept."},
+    )
+    ipo_normalize: bool = field(
+        default=True,
+        metadata={
+            "help": "`ipo` only: divide each log-ratio by its completion length before the squared loss (TRL's `ipo`, "
+            "the form the IPO paper's results use). False: summed log-ratios (Mitchell's reference code)."
+        },
+    )
+    tdpo_alpha: float = field(
+        default=0.5,
+        metadata={"help": "`tdpo2` only: weight α of the sequential KL term (≥ 0)."},
+    )
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop (and count in the log) dataset rows that fail validation instead of stopping with an error."
+        },
+    )
+
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "When a step's loss or gradients are NaN/inf, skip that optimizer step (counted under "
+            "`nonfinite_skipped`) instead of stopping with an error naming the step and the last checkpoint."
+        },
+    )
+    save_on_interrupt: bool = field(
+        default=True,
+        metadata={
+            "help": "On SIGTERM or SIGINT (Ctrl-C), finish the optimizer step in progress, save a checkpoint and stop, "
+            "so `resume_from_checkpoint` continues exactly where the run was stopped. False: Python's default "
+            "handling (the process dies; the last complete checkpoint is still intact)."
+        },
+    )
+    share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Plugin objectives: encode each pair's prompt once, packing [prompt | chosen | rejected] into one "
+            "row with a 4-D attention mask (same log-probs, fewer tokens). Falls back to TRL's two rows per pair for "
+            "models other than Llama/Qwen2/Qwen3 with sdpa or eager attention, and for batches it cannot pack."
+        },
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint of the frozen reference π_ref (local folder, hub id, or smollm2-135m-instruct). "
+            "Default: the policy's own checkpoint. Same tokenizer as the policy. Not combined with `ref_model=`."
+        },
+    )
+    ref_quantization: str = field(
+        default="none",
+        metadata={
+            "help": "Load the reference with bitsandbytes: `none`, `nf4` or `fp4` (4-bit), `int8` (LLM.int8). The "
+            "policy stays as it is (full precision or LoRA). Works on CUDA and, with bitsandbytes >= 0.46, the CPU.",
+            "choices": list(REF_QUANTIZATIONS),
+        },
+    )
+    ref_bnb_4bit_compute_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": f"4-bit reference only (ignored otherwise, as TRL's bnb_4bit_* keys are): dtype of its matmuls, "
+            f"one of {BNB_COMPUTE_DTYPES} (default float32)."
+        },
+    )
+    ref_bnb_4bit_use_double_quant: bool = field(
+        default=False,
+        metadata={"help": "4-bit reference only (ignored otherwise): also quantize the quantization constants."},
+    )
+    ref_gap_batches: int = field(
+        default=4,
+        metadata={
+            "help": "With a quantized reference: before training, measure its gap to the full-precision model on this "
+            "many training batches and log it under `ref/` keys (0: skip)."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        self._validate_objective()
+        self._validate_reference()
+        super().__post_init__()
+
+    @property
+    def builds_reference(self) -> bool:
+        """Whether the trainer loads π_ref from a checkpoint (another checkpoint, or a quantized one)."""
+        return self.ref_model_name_or_path is not None or self.ref_quantization != "none"
+
+    def _validate_reference(self) -> None:
+        if self.ref_quantization not in REF_QUANTIZATIONS:
+            raise ValueError(
+                f"ref_quantization {self.ref_quantization!r} is not known. "
+                f"Valid values: {', '.join(REF_QUANTIZATIONS)}."
+            )
+        if self.ref_bnb_4bit_compute_dtype is not None and self.ref_bnb_4bit_compute_dtype not in BNB_COMPUTE_DTYPES:
+            raise ValueError(
+                f"ref_bnb_4bit_compute_dtype {self.ref_bnb_4bit_compute_dtype!r} is not known. Valid values: "
+                f"{', '.join(BNB_COMPUTE_DTYPES)}."
+            )
+        if self.ref_gap_batches < 0:
+            raise ValueError(f"ref_gap_batches must be >= 0; got {self.ref_gap_batches}.")
+        if self.builds_reference and self.reference_free:
+            raise ValueError(
+                "reference_free runs no reference, so ref_model_name_or_path and ref_quantization have nothing to "
+                "build: unset them or set reference_free: false."
+            )
+        if self.ref_quantization != "none" and self.sync_ref_model:
+            raise ValueError(
+                "sync_ref_model mixes the policy's weights into the reference, which a quantized reference cannot "
+                "take: set sync_ref_model: false or ref_quantization: none."
+            )
+
+    @property
+    def plugin_loss_type(self) -> str | None:
+        """The plugin objective this config selects, or None when TRL computes the loss."""
+        return self.loss_type[0] if self.loss_type[0] in OBJECTIVES else None
+
+    def _validate_objective(self) -> None:
+        known = OBJECTIVES + TRL_LOSS_TYPES
+        unknown = [name for name in self.loss_type if name not in known]
+        if unknown:
+            raise ValueError(f"loss_type {unknown} is not known. Valid values: {', '.join(known)}.")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0 (it scales the implicit reward); got {self.beta}.")
+        plugin = [name for name in self.loss_type if name in OBJECTIVES]
+        if not plugin:
+            if self.reference_free:
+                raise ValueError("reference_free applies to loss_type 'dpo' only; use loss_type: dpo.")
+            return
+        if len(self.loss_type) > 1:
+            raise ValueError(
+                f"loss_type {self.loss_type}: a plugin objective ({', '.join(OBJECTIVES)}) is used alone. "
+                "Combine TRL's own loss names with loss_weights, or pick one plugin objective."
+            )
+        loss = plugin[0]
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(
+                f"label_smoothing must lie in [0, 0.5) (the probability a label is flipped); "
+                f"got {self.label_smoothing}."
+            )
+        if self.label_smoothing and loss != "dpo":
+            raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'dpo' only; loss_type is '{loss}'.")
+        if self.tdpo_alpha < 0:
+            raise ValueError(f"tdpo_alpha must be ≥ 0; got {self.tdpo_alpha}.")
+        if self.reference_free and loss != "dpo":
+            raise ValueError(f"reference_free applies to loss_type 'dpo' only; loss_type is '{loss}'.")
+        if self.precompute_ref_log_probs and loss in TOKEN_LEVEL_OBJECTIVES:
+            raise ValueError(
+                f"precompute_ref_log_probs cannot be used with loss_type '{loss}': token-level DPO needs the "
+                "reference's full next-token distribution at every completion position, not summed log-probs. "
+                "Set precompute_ref_log_probs: false."
+            )
+        if self.precompute_ref_log_probs and self.reference_free:
+            raise ValueError(
+                "precompute_ref_log_probs has nothing to compute with reference_free: set one of them off."
+            )
+        unsupported = {
+            "ld_alpha": self.ld_alpha is not None,
+            "f_divergence_type": self.f_divergence_type != "reverse_kl",
+            "use_weighting": self.use_weighting,
+            "loss_weights": self.loss_weights is not None,
+        }
+        for name, is_set in unsupported.items():
+            if is_set:
+                raise ValueError(
+                    f"{name} is a TRL option for TRL's own loss names; the plugin objective '{loss}' does not use it. "
+                    f"Unset {name}, or use TRL's loss_type 'sigmoid'."
+                )

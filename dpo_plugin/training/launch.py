@@ -1,0 +1,109 @@
+"""Multi-process training from a recipe: `num_processes` / `accelerate_config` re-run `train` under `accelerate launch`.
+
+`dpo-plugin train --config r.yaml --num_processes 2` is the same as
+`accelerate launch --multi_gpu --num_processes 2 -m dpo_plugin.cli train --config r.yaml`, as TRL's own CLI does it.
+Running under `accelerate launch` (or `torchrun`) directly works too; then these keys are ignored.
+"""
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("dpo_plugin")
+
+# The named accelerate configs ship inside the package, so a wheel install finds them too.
+ACCELERATE_CONFIG_DIR = Path(__file__).resolve().parent / "accelerate"
+# The signals torch's elastic launcher relays to the processes it started (SIGTERM/SIGINT stop them with a checkpoint).
+RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# Set in the launched processes, so they train instead of launching again.
+LAUNCHED_ENV = "DPO_PLUGIN_LAUNCHED"
+
+
+@dataclass
+class LaunchArguments:
+    """How many processes `dpo-plugin train` runs, and with which accelerate configuration."""
+
+    num_processes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train with this many processes (data parallel: each takes per_device_train_batch_size pairs "
+            "per step). On GPUs one per GPU; on a CPU-only machine they share the cores (gloo). Unset: one process, "
+            "or the accelerate_config's number."
+        },
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "An accelerate config file, or the name of one the plugin ships (ddp, fsdp, zero2, zero3; in "
+            "dpo_plugin/training/accelerate/): the distributed engine to train with. See docs/scaling.md."
+        },
+    )
+
+    def __post_init__(self):
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {self.num_processes}.")
+        if self.accelerate_config is not None:
+            self.accelerate_config = str(resolve_accelerate_config(self.accelerate_config))
+
+    @property
+    def wants_launch(self) -> bool:
+        """Whether this `train` should re-run itself under `accelerate launch` (not when it already runs under it)."""
+        already_launched = LAUNCHED_ENV in os.environ or "LOCAL_RANK" in os.environ
+        asked = self.accelerate_config is not None or (self.num_processes or 1) > 1
+        return asked and not already_launched
+
+
+def resolve_accelerate_config(name_or_path: str) -> Path:
+    """A path to an existing file, or the name of a shipped config (with or without `.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = ACCELERATE_CONFIG_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in ACCELERATE_CONFIG_DIR.glob("*.yaml"))
+    raise ValueError(
+        f"accelerate_config {name_or_path!r} is neither a file nor one of the shipped configs "
+        f"({', '.join(names) or f'none found: {ACCELERATE_CONFIG_DIR} is missing'})."
+    )
+
+
+def launch_arguments(launch: LaunchArguments, mixed_precision: str) -> list[str]:
+    """`accelerate launch` flags for `launch`. The recipe's precision (`bf16`/`fp16`: `mixed_precision`) wins over the
+    config file's. Without a config file, several processes run through torchrun (accelerate's `--multi_gpu`
+    launcher, which on a CPU-only machine, with the trainer's `use_cpu`, trains on gloo)."""
+    flags = ["--mixed_precision", mixed_precision]
+    if launch.num_processes is not None:
+        flags += ["--num_processes", str(launch.num_processes)]
+    if launch.accelerate_config is not None:
+        return ["--config_file", launch.accelerate_config, *flags]
+    return ["--multi_gpu", *flags, "--num_machines", "1", "--dynamo_backend", "no"]
+
+
+def launch_training(argv: list[str], launch: LaunchArguments, mixed_precision: str) -> None:
+    """Run `dpo-plugin train <argv>` in `launch.num_processes` processes under `accelerate launch`; returns when all
+    have finished, raises when one failed, and exits with 128 + the signal when SIGTERM/SIGINT stopped them."""
+    from accelerate.commands.launch import launch_command, launch_command_parser  # imported here: it loads torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    flags = launch_arguments(launch, mixed_precision)
+    logger.info("Launching: accelerate launch %s -m dpo_plugin.cli train %s", " ".join(flags), " ".join(argv))
+    os.environ[LAUNCHED_ENV] = "1"
+    handlers = {signum: signal.getsignal(signum) for signum in RELAYED_SIGNALS}
+    try:
+        launch_command(launch_command_parser().parse_args([*flags, "-m", "dpo_plugin.cli", "train", *argv]))
+    except SignalException as error:  # the launcher was signalled and relayed it: the processes saved and stopped
+        sys.exit(128 + error.sigval)
+    except ChildFailedError as error:
+        exit_codes = {failure.exitcode for failure in error.failures.values()}
+        if exit_codes <= {128 + signum for signum in (signal.SIGTERM, signal.SIGINT)}:
+            sys.exit(max(exit_codes))  # every process was signalled, saved a checkpoint and said how to resume
+        raise
+    finally:
+        del os.environ[LAUNCHED_ENV]
+        for signum, handler in handlers.items():  # torch's launcher leaves its own installed
+            signal.signal(signum, handler)

@@ -1,0 +1,91 @@
+"""Training recipes: TRL-style YAML parsed with TRL's own parser, and the trainer a recipe describes."""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+
+from ..data.assets import resolve_model
+from ..data.loading import first_rows, load_preference_dataset
+from .config import PreferenceConfig
+from .launch import LaunchArguments
+
+
+@dataclass
+class DataArguments(ScriptArguments):
+    """TRL's `ScriptArguments` (dataset_name, dataset_config, splits) plus how much of the data a recipe uses."""
+
+    max_train_pairs: int | None = field(
+        default=None, metadata={"help": "Train on the first N pairs of the training split (all when unset)."}
+    )
+    heldout_eval_pairs: int = field(
+        default=0,
+        metadata={
+            "help": "After training, rank the first N pairs of `dataset_test_split` with the reference and the "
+            "trained policy through PreferencePairs-v0 and report the accuracies (0: skip; `dpo-plugin eval` does "
+            "this and more from the saved checkpoint)."
+        },
+    )
+    heldout_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring held-out pairs."})
+
+
+def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin train") -> tuple:
+    """`--config recipe.yaml` sets defaults, other `--key value` flags override them (TRL's `TrlParser`).
+
+    Returns `(data_args, training_args, model_args, launch_args, *extra_args)`, one per dataclass in `extra`.
+    """
+    parser = TrlParser((DataArguments, PreferenceConfig, ModelConfig, LaunchArguments, *extra), prog=prog)
+    data_args, training_args, model_args, launch_args, *extra_args = parser.parse_args_and_config(argv)
+    if not data_args.dataset_name:
+        parser.error("dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id")
+    if not model_args.model_name_or_path:
+        parser.error("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model)")
+    return (data_args, training_args, model_args, launch_args, *extra_args)
+
+
+def load_policy(model_args: ModelConfig, device):
+    """The policy and its tokenizer as the recipe says (quantized base for QLoRA when `load_in_4bit`/`load_in_8bit`,
+    placed on `device`)."""
+    model_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    quantization = get_quantization_config(model_args)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
+        device_map={"": device} if quantization is not None else None,
+    )
+    return model, tokenizer
+
+
+def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, model_args: ModelConfig):
+    """The recipe's data, policy (`load_policy`) and trainer.
+
+    Returns `(trainer, train_pairs, heldout_pairs)`; `heldout_pairs` is None when nothing needs the test split.
+    """
+    train_pairs = first_rows(
+        load_preference_dataset(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config),
+        data_args.max_train_pairs,
+    )
+    heldout_pairs = None
+    needs_test_split = data_args.heldout_eval_pairs > 0 or training_args.eval_strategy != "no"
+    if needs_test_split:
+        heldout_pairs = load_preference_dataset(
+            data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config
+        )
+    from .trainer import PreferenceTrainer  # imported here: `--help` and recipe parsing need no trainer
+
+    model, tokenizer = load_policy(model_args, training_args.device)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_pairs,
+        eval_dataset=heldout_pairs if training_args.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    return trainer, train_pairs, heldout_pairs

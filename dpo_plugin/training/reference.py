@@ -1,0 +1,297 @@
+"""The frozen reference π_ref: one type for "which network, in which context", and one function that chooses it.
+
+TRL reloads the reference from `policy.config._name_or_path` and can only quantize policy and reference together.
+Here the reference is chosen on purpose (`choose_reference`), can come from another checkpoint, and can be
+quantized alone with bitsandbytes (NF4/FP4 4-bit or LLM.int8), beside a full-precision or LoRA policy.
+`quantization_gap` measures what the quantization costs against the full-precision reference. The trainer, PPO, the
+benchmarks and `dpo-plugin eval` all take their reference from `choose_reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import extract_model_from_parallel, is_peft_model
+from torch import Tensor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from ..data.assets import resolve_model
+from ..objectives.logprobs import completion_logits, log_probs_from_logits, token_kl, token_logps
+from ..trl_private import get_config_model_id, use_adapter
+
+logger = logging.getLogger("dpo_plugin")
+
+BNB_DEVICE_TYPES = ("cpu", "cuda")
+
+# How a reference came to be (`Reference.kind`), in the order `choose_reference` tries them.
+EXPLICIT, ADAPTERS_OFF, CHECKPOINT, COPY, INITIAL_POLICY = "explicit", "adapters off", "checkpoint", "copy", "initial"
+
+
+@dataclass
+class Reference:
+    """π_ref: the network to call (`model`) and how it came to be (`kind`, one of):
+
+    - `explicit`: a model the caller passed;
+    - `adapters off`: the PEFT policy itself with its adapters disabled (its "ref" adapter if it has one, as TRL
+      does): no second network;
+    - `checkpoint`: `checkpoint` loaded, in `quantization` (none / nf4 / fp4 / int8);
+    - `copy`: a frozen copy of the policy as it was in memory;
+    - `initial`: the policy itself before training, for reference log-probs computed once before training
+      (`precompute_ref_log_probs`): no reference is held while training.
+
+    `context(autocast)` is what every reference pass runs inside: `autocast()` and, for `adapters off`, the
+    adapters disabled.
+    """
+
+    model: torch.nn.Module
+    kind: str
+    checkpoint: str | None = None
+    quantization: str = "none"
+
+    @property
+    def separate(self) -> bool:
+        """Whether `model` is a network of its own (not the policy)."""
+        return self.kind in (EXPLICIT, CHECKPOINT, COPY)
+
+    def context(self, autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast())
+        if self.kind == ADAPTERS_OFF:
+            policy = extract_model_from_parallel(self.model)
+            stack.enter_context(use_adapter(policy, "ref" if "ref" in policy.peft_config else None))
+        return stack
+
+    def describe(self) -> str:
+        """One line for the log."""
+        if self.kind == CHECKPOINT:
+            precision = "full precision" if self.quantization == "none" else self.quantization.upper()
+            return f"{precision} from checkpoint {self.checkpoint!r}, {self.model.get_memory_footprint() / 1e6:.1f} MB"
+        return {
+            EXPLICIT: "the ref_model passed in",
+            ADAPTERS_OFF: "the PEFT policy with its adapters disabled",
+            COPY: f"a frozen copy of the policy passed in (checkpoint {self.checkpoint or 'built in memory'!r})",
+            INITIAL_POLICY: "the policy before training; its log-probs are precomputed and no reference is held "
+            "while training",
+        }[self.kind]
+
+
+def choose_reference(
+    policy: PreTrainedModel,
+    ref_model: torch.nn.Module | None = None,
+    *,
+    checkpoint: str | None = None,
+    quantization: str = "none",
+    compute_dtype: str | None = None,
+    double_quant: bool | None = None,
+    tokenizer=None,
+    device: torch.device | str | None = None,
+    peft: bool | None = None,
+    precomputed: bool = False,
+) -> Reference:
+    """π_ref for `policy`, the first of these that applies:
+
+    1. `ref_model`, when given: an explicit reference (frozen, eval mode);
+    2. a PEFT policy (`peft`: it is one, or will be wrapped as one; default `is_peft_model(policy)`), when no
+       `checkpoint` or `quantization` is asked for: the policy with its adapters off;
+    3. a `checkpoint` or a `quantization`: that checkpoint (a folder, hub id or bundled name; default: the policy's
+       own) loaded with `load_reference`;
+    4. `precomputed` (reference log-probs computed before training): the policy as it is now, held by nobody;
+    5. otherwise a frozen copy of the policy as it is in memory now (`frozen_copy`).
+    """
+    peft = is_peft_model(policy) if peft is None else peft
+    if ref_model is not None:
+        if checkpoint is not None or quantization != "none":
+            raise ValueError(
+                "Got both a ref_model object and ref_model_name_or_path/ref_quantization in the config: pass one. "
+                "Either unset the config keys, or drop ref_model= and let the trainer build the reference."
+            )
+        return _logged(Reference(ref_model.eval().requires_grad_(False), EXPLICIT))
+    if peft and checkpoint is None and quantization == "none":
+        return _logged(Reference(policy, ADAPTERS_OFF))
+    if checkpoint is not None or quantization != "none":
+        checkpoint = resolve_model(checkpoint or get_config_model_id(extract_model_from_parallel(policy).config))
+        if not checkpoint:
+            raise ValueError(
+                "The policy was built in memory, so it has no checkpoint to load a quantized reference from: set "
+                "ref_model_name_or_path, or save the policy first with save_pretrained."
+            )
+        model = load_reference(checkpoint, policy, tokenizer, quantization, compute_dtype, double_quant, device)
+        return _logged(Reference(model, CHECKPOINT, checkpoint, quantization))
+    if precomputed:
+        return _logged(Reference(policy, INITIAL_POLICY))
+    return _logged(Reference(frozen_copy(policy), COPY, get_config_model_id(policy.config) or None))
+
+
+def _logged(reference: Reference) -> Reference:
+    logger.info("Reference model: %s.", reference.describe())
+    return reference
+
+
+def frozen_copy(policy: PreTrainedModel) -> PreTrainedModel:
+    """π_ref = a frozen copy of the policy as it is in memory now (eval mode, no gradients).
+
+    TRL, given no reference, reloads `policy.config._name_or_path` from disk: a policy changed after loading would
+    silently get another reference, and a model built in memory would fail. A copy is exactly the policy passed in.
+    """
+    return copy.deepcopy(policy).eval().requires_grad_(False)
+
+
+def bnb_config(quantization: str, compute_dtype: str | None, double_quant: bool | None) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config of a `ref_quantization` mode (None for "none").
+
+    4-bit modes compute in `compute_dtype` (default float32) and quantize the quantization constants too with
+    `double_quant` (default False); `lm_head` stays unquantized, as transformers leaves it.
+    """
+    if quantization == "none":
+        return None
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype or "float32"),
+        bnb_4bit_use_double_quant=bool(double_quant),
+    )
+
+
+def check_bitsandbytes_device(device: torch.device) -> None:
+    """ValueError unless bitsandbytes imports and has a backend for `device` (CUDA, or the CPU from 0.46 on)."""
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ValueError(
+            f"ref_quantization needs bitsandbytes, which does not import here ({error}). Install it "
+            "(pip install 'bitsandbytes>=0.46') or set ref_quantization: none."
+        ) from error
+    if device.type not in BNB_DEVICE_TYPES:
+        raise ValueError(
+            f"ref_quantization: bitsandbytes cannot quantize on device '{device.type}' (it supports "
+            f"{', '.join(BNB_DEVICE_TYPES)}). Set ref_quantization: none, or train on a CUDA GPU or the CPU (use_cpu)."
+        )
+    version = tuple(int(part) for part in bitsandbytes.__version__.split(".")[:2])
+    if device.type == "cpu" and version < (0, 46):
+        raise ValueError(
+            f"bitsandbytes {bitsandbytes.__version__} has no CPU backend (0.46 and later do): upgrade it, train on a "
+            "CUDA GPU, or set ref_quantization: none."
+        )
+
+
+def load_reference(
+    checkpoint: str,
+    policy: PreTrainedModel,
+    policy_tokenizer,
+    quantization: str,
+    compute_dtype: str | None = None,
+    double_quant: bool | None = None,
+    device: torch.device | None = None,
+) -> PreTrainedModel:
+    """π_ref loaded from `checkpoint`, quantized as `quantization` says, frozen, on `device` (default: the policy's).
+
+    The reference must share the policy's tokenizer and vocabulary: the log-ratios compare the same token ids.
+    Raises ValueError (saying what to change) when it does not, or when bitsandbytes cannot run on the device.
+    """
+    device = torch.device(device) if device is not None else policy.device
+    config = bnb_config(quantization, compute_dtype, double_quant)
+    if config is not None:
+        check_bitsandbytes_device(device)
+    _check_same_vocabulary(checkpoint, policy, policy_tokenizer)
+    if quantization == "int8":
+        _quiet_int8_cast_warning()
+    reference = AutoModelForCausalLM.from_pretrained(
+        checkpoint,
+        dtype=policy.dtype,
+        quantization_config=config,
+        device_map={"": device} if config is not None else None,
+    )
+    if config is None:
+        reference.to(device)
+    return reference.eval().requires_grad_(False)
+
+
+def _quiet_int8_cast_warning() -> None:
+    """bitsandbytes' 8-bit matmul logs "inputs will be cast ... to float16" on every call of every layer: the cast
+    is how LLM.int8 works, so the message is dropped once rather than flooding the log."""
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Int8CastFilter) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_Int8CastFilter())
+
+
+class _Int8CastFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be cast from" not in record.getMessage()
+
+
+def _check_same_vocabulary(checkpoint: str, policy: PreTrainedModel, policy_tokenizer) -> None:
+    """ValueError unless `checkpoint` has the policy's tokenizer (when one is given) and output vocabulary size."""
+    if policy_tokenizer is not None:
+        tokenizer = getattr(policy_tokenizer, "tokenizer", policy_tokenizer)
+        try:
+            reference_tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        except OSError as error:
+            raise ValueError(
+                f"ref_model_name_or_path {checkpoint!r} has no tokenizer to check against the policy's ({error})."
+            ) from error
+        if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"The reference {checkpoint!r} has a different tokenizer from the policy's ({len(reference_tokenizer)} "
+                f"vs {len(tokenizer)} tokens, or the same size with other ids): the log-ratio log π_θ/π_ref needs both "
+                "models to read the same token ids. Use a reference from the policy's model family."
+            )
+    reference_vocab = AutoConfig.from_pretrained(checkpoint).get_text_config().vocab_size
+    policy_vocab = extract_model_from_parallel(policy).get_output_embeddings().weight.shape[0]
+    if reference_vocab != policy_vocab:
+        raise ValueError(
+            f"The reference {checkpoint!r} predicts over {reference_vocab} tokens and the policy over {policy_vocab}: "
+            "log-ratios and token-level KLs need the same vocabulary. Use a reference with the policy's vocabulary "
+            "size (or resize the policy's embeddings to match)."
+        )
+
+
+@dataclass
+class QuantizationGap:
+    """How far a quantized reference is from the full-precision one, over `sequences` completions.
+
+    `logp_abs_diff_mean` / `_max`: mean and max over sequences of |log π_ref,q(y|x) − log π_ref,full(y|x)|;
+    `token_kl_mean`: mean over completion tokens of KL(π_ref,full(·|x,y<t) ‖ π_ref,q(·|x,y<t)).
+    """
+
+    sequences: int
+    logp_abs_diff_mean: float
+    logp_abs_diff_max: float
+    token_kl_mean: float
+
+    def metrics(self) -> dict[str, float]:
+        """The gap under `ref/` keys, as logged."""
+        return {
+            "ref/logp_abs_diff_mean": self.logp_abs_diff_mean,
+            "ref/logp_abs_diff_max": self.logp_abs_diff_max,
+            "ref/token_kl_mean": self.token_kl_mean,
+        }
+
+
+ModelInContext = tuple[torch.nn.Module, Callable[[], AbstractContextManager]]
+
+
+@torch.no_grad()
+def quantization_gap(full: ModelInContext, quantized: ModelInContext, batches) -> QuantizationGap:
+    """Compare two references, each a (model, context) pair, over `batches` of (model_kwargs, completion_mask)."""
+    diffs: list[Tensor] = []
+    kl_sum, tokens = 0.0, 0
+    for model_kwargs, completion_mask in batches:
+        log_probs, logps = [], []
+        for model, context in (full, quantized):
+            with context():
+                selected, _ = completion_logits(model, model_kwargs, completion_mask)
+            log_probs.append(log_probs_from_logits(selected.logits))
+            logps.append(selected.sequence_sum(token_logps(log_probs[-1], selected.labels)))
+        diffs.append((logps[1] - logps[0]).abs().cpu())
+        kl_sum += token_kl(*log_probs).sum().item()
+        tokens += log_probs[0].size(0)
+    diff = torch.cat(diffs)
+    return QuantizationGap(len(diff), diff.mean().item(), diff.max().item(), kl_sum / max(tokens, 1))

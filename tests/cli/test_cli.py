@@ -1,0 +1,145 @@
+"""The `dpo-plugin` command: recipes parse, flags override them, a tiny run writes its outputs, bad data writes none."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_pairs, make_tokenizer, save_checkpoint, tiny_reward_model, tiny_run, write_splits
+from datasets import Dataset
+from trl import TrlParser
+
+from dpo_plugin.cli import main
+from dpo_plugin.cli.evaluate import EvalConfig
+from dpo_plugin.data import InvalidPreferenceData
+from dpo_plugin.training.recipe import parse_recipe
+
+RECIPE_DIR = Path(__file__).parents[2] / "recipes"
+RECIPES = sorted(path for path in RECIPE_DIR.glob("*.yaml") if path.name != "eval.yaml" and "compare" not in path.name)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
+def test_every_recipe_parses_with_no_unknown_keys(recipe):
+    # --use_cpu: GPU recipes ask for bf16, which TrainingArguments refuses on a machine with no GPU otherwise
+    data_args, training_args, model_args, _ = parse_recipe(["--config", str(recipe), "--use_cpu", "true"])
+    assert data_args.dataset_name and model_args.model_name_or_path
+    assert training_args.plugin_loss_type in ("dpo", "ipo", "tdpo1", "tdpo2")
+
+
+def test_command_line_flags_override_the_recipe():
+    recipe = str(RECIPES[0].parent / "quickstart.yaml")
+    data_args, training_args, _, _ = parse_recipe(
+        ["--config", recipe, "--beta", "0.3", "--loss_type", "tdpo2", "--max_train_pairs", "7"]
+    )
+    assert training_args.beta == 0.3 and training_args.plugin_loss_type == "tdpo2"
+    assert data_args.max_train_pairs == 7
+
+
+def test_invalid_override_is_refused_before_anything_runs():
+    recipe = str(RECIPES[0].parent / "quickstart.yaml")
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        parse_recipe(["--config", recipe, "--beta", "0"])
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    return save_checkpoint(tmp_path / "tiny-model")
+
+
+def test_tiny_run_writes_model_metrics_and_plot(tiny_checkpoint, tmp_path):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    output_dir = tmp_path / "run"
+    main(tiny_run(tiny_checkpoint, data, output_dir, "--loss_type", "tdpo2", "--heldout_eval_pairs", "8"))
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["heldout"]["pairs"] == 8
+    assert 0.0 <= metrics["heldout"]["accuracy"]["policy, by implicit reward"]["value"] <= 1.0
+    assert any("kl/chosen" in entry for entry in metrics["log_history"])
+    assert (output_dir / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (output_dir / "model.safetensors").exists()
+    assert not list(output_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_invalid_rows_stop_the_run_before_any_output(tiny_checkpoint, tmp_path):
+    bad = make_pairs(12).to_list()
+    bad[5]["chosen"] = bad[5]["rejected"]
+    data = write_splits(tmp_path / "pairs", Dataset.from_list(bad), make_pairs(4))
+    output_dir = tmp_path / "run"
+    with pytest.raises(InvalidPreferenceData, match="row 5"):
+        main(tiny_run(tiny_checkpoint, data, output_dir))
+    assert not output_dir.exists()
+
+
+def test_eval_recipe_parses_and_bad_settings_are_refused():
+    (config,) = TrlParser((EvalConfig,)).parse_args_and_config(["--config", str(RECIPE_DIR / "eval.yaml")])
+    assert config.gold_reward == "from_prompt" and config.eval_pairs > 0
+    with pytest.raises(ValueError, match="needs a reward"):
+        EvalConfig(model_name_or_path="m", dataset_name="d", eval_generations=4)
+    with pytest.raises(ValueError, match="gold_reward"):
+        EvalConfig(gold_reward="happy")
+
+
+def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp_path):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    main(tiny_run(tiny_checkpoint, data, tmp_path / "run"))
+    reward_model = tmp_path / "reward-model"
+    save_checkpoint(reward_model, model=tiny_reward_model(make_tokenizer()))
+    output = tmp_path / "eval.json"
+    common = ["eval", "--model_name_or_path", str(tmp_path / "run"), "--dataset_name", str(data)]
+    common += ["--eval_pairs", "8", "--eval_generations", "3", "--max_new_tokens", "4", "--batch_size", "2"]
+    with pytest.raises(ValueError, match="set ref_model_name_or_path"):
+        main([*common, "--reward_model_name_or_path", str(reward_model)])
+    main(
+        [
+            *common,
+            "--ref_model_name_or_path",
+            str(tiny_checkpoint),
+            "--reward_model_name_or_path",
+            str(reward_model),
+            "--output_file",
+            str(output),
+        ]
+    )
+    report = json.loads(output.read_text())
+    assert report["pairs"] == 8 and set(report["accuracy"]) == {
+        "reference, by log-likelihood",
+        "policy, by implicit reward",
+        "policy, by log-likelihood",
+    }
+    assert set(report["samples"]) == {"reference", "policy"}
+    assert report["samples"]["reference"]["kl"] is None and report["samples"]["policy"]["kl"] is not None
+    assert len(report["samples"]["policy"]["examples"]) == 3
+
+
+def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_reference(tmp_path):
+    """Train LoRA adapters against an int8 reference, then `eval --ref_quantization int8`: the implicit-reward
+    accuracy on the same held-out pairs equals the one the run measured with its own reference."""
+    checkpoint = save_checkpoint(tmp_path / "tiny-64", hidden_size=64)
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(16))
+    run = tmp_path / "run"
+    lora = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]
+    extra = ["--ref_quantization", "int8", "--heldout_eval_pairs", "16", "--learning_rate", "0.05", *lora]
+    main(tiny_run(checkpoint, data, run, *extra))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["reference"]["quantization"] == "int8" and metrics["reference"]["gap"]["sequences"] > 0
+    output = tmp_path / "eval.json"
+    common = ["eval", "--model_name_or_path", str(run), "--dataset_name", str(data), "--eval_pairs", "16"]
+    main([*common, "--eval_generations", "0", "--ref_quantization", "int8", "--output_file", str(output)])
+    evaluated = json.loads(output.read_text())["accuracy"]
+    trained = metrics["heldout"]["accuracy"]
+    assert evaluated == trained
+
+
+def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_checkpoint, tmp_path):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(4))
+    reward_model = save_checkpoint(tmp_path / "reward-model", model=tiny_reward_model(make_tokenizer()))
+    output = tmp_path / "ppo"
+    argv = ["ppo", "--config", str(RECIPE_DIR / "compare" / "ppo.yaml"), "--model_name_or_path", str(tiny_checkpoint)]
+    argv += ["--dataset_name", str(data), "--output_dir", str(output), "--lora_target_modules", "q_proj", "v_proj"]
+    argv += ["--steps", "2", "--rollout_batch_size", "4", "--mini_batch_size", "2", "--max_new_tokens", "4"]
+    with pytest.raises(ValueError, match="reward_model_name_or_path is required"):
+        main(argv)
+    main([*argv, "--reward_model_name_or_path", reward_model])
+    state = json.loads((output / "ppo_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"]] == [1, 2] and "kl/mean" in state["log_history"][0]
+    assert state["step"] == 2 and (output / "adapter_model.safetensors").is_file()
+    assert (output / "value_head.pt").is_file() and (output / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.rglob(".*"))

@@ -1,0 +1,65 @@
+"""Multi-process training: two CPU processes on gloo (DDP, FSDP) log the per-step losses and metrics of one process with
+the same global batch; the shipped accelerate configs load; bad launch keys are refused."""
+
+import signal
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from conftest import assert_only_complete_checkpoints, logged_steps, make_pairs, save_checkpoint, tiny_run, write_splits
+
+from dpo_plugin.cli import main
+from dpo_plugin.training.launch import ACCELERATE_CONFIG_DIR, RELAYED_SIGNALS, LaunchArguments, launch_arguments
+
+COMPARED_METRICS = ("loss", "grad_norm", "rewards/margins", "rewards/accuracies", "logps/rejected", "num_tokens")
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "tdpo2"])
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, loss_type):
+    """One process with 4 pairs per step against two with 2 each: DDP through `num_processes`, and FSDP through the
+    shipped `fsdp` config. Both save checkpoints every 2 steps (staged by the main process, written by both)."""
+    checkpoint = save_checkpoint(tmp_path / "tiny-model")
+    data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
+    common = ["--loss_type", loss_type, "--learning_rate", "0.01", "--max_steps", "4"]
+    main(tiny_run(checkpoint, data, tmp_path / "one", *common, "--per_device_train_batch_size", "4"))
+    one_process = logged_steps(tmp_path / "one")
+    assert one_process[-1]["loss"] < 0.69  # it trained, so equal curves mean equal updates
+    two = [*common, "--per_device_train_batch_size", "2", "--num_processes", "2", "--save_strategy", "steps"]
+    handlers = [signal.getsignal(signum) for signum in RELAYED_SIGNALS]
+    for engine in ("ddp", "fsdp"):
+        run = tmp_path / engine
+        extra = ["--save_steps", "2"] + (["--accelerate_config", "fsdp"] if engine == "fsdp" else [])
+        main(tiny_run(checkpoint, data, run, *two, *extra))
+        two_processes = logged_steps(run)
+        assert [entry["step"] for entry in two_processes] == [1, 2, 3, 4]
+        assert two_processes[0]["epoch"] == one_process[0]["epoch"] == 0.25  # 4 pairs per step in both runs
+        for single, double in zip(one_process, two_processes, strict=True):
+            for key in COMPARED_METRICS:
+                assert double[key] == pytest.approx(single[key], abs=1e-5, rel=0), (engine, single["step"], key)
+        assert_only_complete_checkpoints(run, [2, 4])
+    assert [signal.getsignal(signum) for signum in RELAYED_SIGNALS] == handlers  # the launcher's are removed
+
+
+@pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIG_DIR.glob("*.yaml")), ids=lambda path: path.stem)
+def test_shipped_accelerate_configs_load_and_resolve_by_name(path):
+    config = load_config_from_file(str(path))
+    assert config.num_machines == 1 and config.distributed_type.value in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+    assert LaunchArguments(accelerate_config=path.stem).accelerate_config == str(path)
+
+
+def test_launch_arguments():
+    assert LaunchArguments(num_processes=2).wants_launch
+    assert not LaunchArguments(num_processes=1).wants_launch
+    flags = launch_arguments(LaunchArguments(num_processes=2), "no")
+    assert flags[:5] == ["--multi_gpu", "--mixed_precision", "no", "--num_processes", "2"]
+    flags = launch_arguments(LaunchArguments(num_processes=4, accelerate_config="zero2"), "bf16")
+    assert flags[0] == "--config_file" and flags[1].endswith("zero2.yaml")
+    assert flags[2:] == ["--mixed_precision", "bf16", "--num_processes", "4"]
+    with pytest.raises(ValueError, match="neither a file nor one of the shipped configs"):
+        LaunchArguments(accelerate_config="zero9")
+    with pytest.raises(ValueError, match="num_processes must be >= 1"):
+        LaunchArguments(num_processes=0)
+
+
+def test_already_launched_processes_do_not_launch_again(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not LaunchArguments(num_processes=2).wants_launch

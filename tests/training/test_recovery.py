@@ -1,0 +1,181 @@
+"""Interrupt and resume: a signalled run saves a complete checkpoint and stops; resuming it gives the uninterrupted
+run's losses, metrics and weights; a crash while saving leaves the previous checkpoints intact and no partial files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    assert_only_complete_checkpoints,
+    logged_steps,
+    make_model,
+    make_pairs,
+    make_tokenizer,
+    save_checkpoint,
+    tiny_run,
+    write_splits,
+)
+from transformers import TrainerCallback
+
+from dpo_plugin.cli import main
+from dpo_plugin.training.config import PreferenceConfig
+from dpo_plugin.training.trainer import PreferenceTrainer
+
+COMPARED_METRICS = ("loss", "learning_rate", "grad_norm", "rewards/margins", "kl/chosen", "logps/chosen", "num_tokens")
+
+
+class SignalAtStep(TrainerCallback):
+    """Sends `signum` to this process `times` times while optimizer step `step` is running."""
+
+    def __init__(self, step: int, signum: int, times: int = 1):
+        self.step, self.signum, self.times = step, signum, times
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+def tiny_trainer(output_dir: Path, callbacks=(), **overrides) -> PreferenceTrainer:
+    """TDPO2 on a tiny model for 6 steps, a checkpoint every 2, a linearly decaying learning rate; same seed always."""
+    tokenizer = make_tokenizer()
+    settings = dict(
+        output_dir=str(output_dir),
+        loss_type="tdpo2",
+        per_device_train_batch_size=2,
+        max_steps=6,
+        learning_rate=1e-2,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_steps=2,
+        max_length=64,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        disable_tqdm=True,
+        seed=3,
+    )
+    settings.update(overrides)
+    return PreferenceTrainer(
+        model=make_model(len(tokenizer)),
+        args=PreferenceConfig(**settings),
+        train_dataset=make_pairs(16),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+
+
+def training_logs(trainer) -> dict[int, dict]:
+    return {entry["step"]: entry for entry in trainer.state.log_history if "loss" in entry}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signalled_run_saves_a_checkpoint_and_resumes_exactly(tmp_path, signum):
+    handlers_before = signal.getsignal(signum)
+    uninterrupted = tiny_trainer(tmp_path / "uninterrupted")
+    uninterrupted.train()
+
+    output_dir = tmp_path / "interrupted"
+    stale = output_dir / ".staging-checkpoint-2" / "checkpoint-2"  # what a SIGKILL mid-save would leave
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    interrupted = tiny_trainer(output_dir, callbacks=[SignalAtStep(3, signum)])
+    interrupted.train()
+    assert interrupted.interrupted_by == signum and interrupted.state.global_step == 3
+    assert signal.getsignal(signum) is handlers_before
+    assert_only_complete_checkpoints(output_dir, [2, 3])
+
+    resumed = tiny_trainer(output_dir)
+    resumed.train(resume_from_checkpoint=str(output_dir / "checkpoint-3"))
+    assert resumed.interrupted_by is None
+    expected, got = training_logs(uninterrupted), training_logs(resumed)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        for key in COMPARED_METRICS:
+            assert got[step][key] == pytest.approx(expected[step][key], abs=1e-6, rel=0), (step, key)
+    for (name, want), have in zip(uninterrupted.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(have, want, atol=1e-6, rtol=0, msg=name)
+
+
+def test_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    handler_before = signal.getsignal(signal.SIGINT)
+    trainer = tiny_trainer(tmp_path / "run", callbacks=[SignalAtStep(3, signal.SIGINT, times=2)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert_only_complete_checkpoints(tmp_path / "run", [2])
+
+
+def test_crash_while_saving_leaves_earlier_checkpoints_and_no_partial_folder(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path / "run")
+    save_rng_state = trainer._save_rng_state
+
+    def disk_full(output_dir):
+        if output_dir.endswith("checkpoint-4"):
+            raise OSError("No space left on device")
+        save_rng_state(output_dir)
+
+    monkeypatch.setattr(trainer, "_save_rng_state", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.train()
+    assert_only_complete_checkpoints(tmp_path / "run", [2])
+
+
+def test_no_handlers_are_installed_when_save_on_interrupt_is_off(tmp_path):
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    tiny_trainer(tmp_path / "run", callbacks=[Probe()], save_on_interrupt=False, max_steps=1).train()
+    assert seen == [signal.SIG_DFL]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_dpo_plugin_train_stopped_by_sigterm_exits_143_and_resumes_exactly(tmp_path, processes):
+    """The real command in a child process (two gloo processes under torchrun, which relays the signal, or one):
+    SIGTERM once its 2nd checkpoint exists; then `--resume_from_checkpoint last` for two more steps, against a run
+    never stopped (constant learning rate, so the step count does not change the schedule)."""
+    checkpoint = save_checkpoint(tmp_path / "tiny-model")
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(4))
+    run = tmp_path / "run"
+    settings = ["--save_strategy", "steps", "--save_steps", "3", "--lr_scheduler_type", "constant"]
+    settings += ["--learning_rate", "0.01", "--num_processes", str(processes)]
+    settings += ["--per_device_train_batch_size", str(4 // processes)]
+    argv = tiny_run(checkpoint, data, run, *settings)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "dpo_plugin.cli", *argv, "--max_steps", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint-6").is_dir() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, output
+    assert "Stopped by SIGTERM" in output and "--resume_from_checkpoint" in output
+    steps = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+    assert steps[:2] == [3, 6]
+    assert_only_complete_checkpoints(run, steps)
+    assert len(list((run / f"checkpoint-{steps[-1]}").glob("rng_state*.pth"))) == processes
+    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+
+    total = str(steps[-1] + 2)
+    main([*argv, "--resume_from_checkpoint", "last", "--max_steps", total])
+    never_stopped = tmp_path / "never-stopped"
+    main([*tiny_run(checkpoint, data, never_stopped, *settings), "--max_steps", total])
+    resumed, expected = logged_steps(run), logged_steps(never_stopped)
+    assert [entry["step"] for entry in resumed] == list(range(1, int(total) + 1))
+    for want, got in zip(expected, resumed, strict=True):
+        for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "num_tokens"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6, rel=0), (want["step"], key)
+    assert (run / "model.safetensors").is_file()
