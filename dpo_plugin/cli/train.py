@@ -8,16 +8,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
-
-from ..data.loading import first_rows
-from ..evaluation.heldout import EvaluationReport, preference_accuracies
-from ..evaluation.scoring import SequenceScorer, as_text
 from ..training.launch import launch_training
-from ..training.recipe import build_trainer, parse_recipe
-from ..training.reference import INITIAL_POLICY
-from ..utils.atomic import write_json
-from ..utils.plots import plot_training_curves
+from ..training.recipe import parse_recipe
 
 
 def train(argv: list[str]) -> dict | None:
@@ -31,6 +23,13 @@ def train(argv: list[str]) -> dict | None:
     if launch_args.wants_launch:
         launch_training(argv, launch_args, "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no")
         return None
+    from ..data.loading import first_rows  # imported here, after parsing, so that `--help` answers sooner
+    from ..evaluation.heldout import EvaluationReport, preference_accuracies
+    from ..evaluation.scoring import as_text
+    from ..training.recipe import build_trainer
+    from ..utils.atomic import write_json
+    from ..utils.plots import plot_training_curves
+
     resume_from = _resume_checkpoint(training_args)
     trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
     tokenizer = trainer.processing_class
@@ -67,8 +66,11 @@ def train(argv: list[str]) -> dict | None:
     return results
 
 
-def heldout_scorers(trainer, batch_size: int = 16) -> tuple[SequenceScorer, SequenceScorer]:
+def heldout_scorers(trainer, batch_size: int = 16) -> tuple:
     """`SequenceScorer`s of the trained policy and of the reference it trained against, in training precision."""
+    from ..evaluation.scoring import SequenceScorer
+    from ..training.reference import INITIAL_POLICY
+
     if trainer.reference is None or trainer.reference.kind == INITIAL_POLICY:
         raise ValueError(
             "Scoring against the reference needs it in memory, but this run keeps none (full fine-tuning with "
@@ -87,6 +89,8 @@ def heldout_scorers(trainer, batch_size: int = 16) -> tuple[SequenceScorer, Sequ
 
 def _resume_checkpoint(training_args) -> str | None:
     """`resume_from_checkpoint` as a folder: `true`/`last` mean the newest complete checkpoint in `output_dir`."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     value = training_args.resume_from_checkpoint
     if value is None or value.lower() not in ("true", "last"):
         return value
@@ -101,6 +105,8 @@ def _resume_checkpoint(training_args) -> str | None:
 
 def _exit_interrupted(trainer, argv: list[str]) -> None:
     """Say where the run stopped and how to resume it, then exit with 128 + the signal's number (as a shell does)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     signum = trainer.interrupted_by
     if trainer.accelerator.is_main_process:
         checkpoint = get_last_checkpoint(trainer.args.output_dir)

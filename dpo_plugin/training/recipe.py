@@ -3,11 +3,9 @@
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from ..data.assets import resolve_model
-from ..data.loading import first_rows, load_preference_dataset
 from .config import PreferenceConfig
 from .launch import LaunchArguments
 
@@ -47,6 +45,8 @@ def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin tra
 def load_policy(model_args: ModelConfig, device):
     """The policy and its tokenizer as the recipe says (quantized base for QLoRA when `load_in_4bit`/`load_in_8bit`,
     placed on `device`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model_path = resolve_model(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
@@ -67,6 +67,9 @@ def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, mod
 
     Returns `(trainer, train_pairs, heldout_pairs)`; `heldout_pairs` is None when nothing needs the test split.
     """
+    from ..data.loading import first_rows, load_preference_dataset  # imported here: `--help` needs no `datasets`
+    from .trainer import PreferenceTrainer
+
     train_pairs = first_rows(
         load_preference_dataset(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config),
         data_args.max_train_pairs,
@@ -77,8 +80,6 @@ def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, mod
         heldout_pairs = load_preference_dataset(
             data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config
         )
-    from .trainer import PreferenceTrainer  # imported here: `--help` and recipe parsing need no trainer
-
     model, tokenizer = load_policy(model_args, training_args.device)
     trainer = PreferenceTrainer(
         model=model,

@@ -1,4 +1,5 @@
-"""Quantized references (bitsandbytes NF4/FP4/int8): training, the measured gap, and every error.
+"""The reference: `choose_reference`'s order and contexts, and quantized references (bitsandbytes NF4/FP4/int8):
+training, the measured gap, and every error.
 
 Tests taking `device` run on the CPU, and again on CUDA where a GPU is present (skipped otherwise).
 """
@@ -14,7 +15,16 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
 from dpo_plugin.evaluation.scoring import SequenceScorer, as_text
-from dpo_plugin.training.reference import check_bitsandbytes_device, load_reference
+from dpo_plugin.training.reference import (
+    ADAPTERS_OFF,
+    CHECKPOINT,
+    COPY,
+    EXPLICIT,
+    INITIAL_POLICY,
+    check_bitsandbytes_device,
+    choose_reference,
+    load_reference,
+)
 
 GAP_KEYS = ("ref/logp_abs_diff_mean", "ref/logp_abs_diff_max", "ref/token_kl_mean")
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -210,3 +220,43 @@ def test_qlora_policy_trains_against_its_own_base_with_adapters_off(checkpoint, 
     trainer.train()
     margins = [entry["rewards/margins"] for entry in trainer.state.log_history if "rewards/margins" in entry]
     assert margins[0] == 0.0 and margins[-1] > 0.0  # starts at the reference, then learns
+
+
+def _logits(model, context, input_ids):
+    with torch.no_grad(), context():
+        return model(input_ids=input_ids).logits
+
+
+def test_choose_reference_takes_the_first_that_applies(checkpoint, tokenizer):
+    from peft import get_peft_model
+
+    policy = AutoModelForCausalLM.from_pretrained(checkpoint)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    explicit = make_model(len(tokenizer), seed=3, hidden_size=64)
+    chosen = choose_reference(policy, explicit)
+    assert chosen.kind == EXPLICIT and chosen.model is explicit and chosen.separate
+    assert not any(p.requires_grad for p in explicit.parameters()) and not explicit.training
+
+    copy = choose_reference(policy)
+    assert copy.kind == COPY and copy.model is not policy and copy.checkpoint == checkpoint
+    assert torch.equal(_logits(copy.model, copy.context, ids), _logits(policy, copy.context, ids))
+    assert not any(p.requires_grad for p in copy.model.parameters())
+
+    initial = choose_reference(policy, precomputed=True)
+    assert initial.kind == INITIAL_POLICY and initial.model is policy and not initial.separate
+
+    loaded = choose_reference(policy, checkpoint=checkpoint, tokenizer=tokenizer)
+    assert loaded.kind == CHECKPOINT and loaded.quantization == "none" and loaded.model is not policy
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_policy = get_peft_model(AutoModelForCausalLM.from_pretrained(checkpoint), lora)
+    adapters_off = choose_reference(peft_policy, precomputed=True)  # a PEFT policy needs no precomputed pass
+    assert adapters_off.kind == ADAPTERS_OFF and adapters_off.model is peft_policy
+    base = _logits(policy, adapters_off.context, ids)
+    assert torch.allclose(_logits(peft_policy, adapters_off.context, ids), base, atol=1e-6)
+    assert not torch.allclose(_logits(peft_policy, lambda: torch.no_grad(), ids), base, atol=1e-3)  # adapters on
+    quantized = choose_reference(peft_policy, quantization="nf4", tokenizer=tokenizer)
+    assert quantized.kind == CHECKPOINT and quantized.checkpoint == checkpoint  # the adapters' base
+
+    with pytest.raises(ValueError, match="Got both a ref_model object and ref_model_name_or_path"):
+        choose_reference(policy, explicit, quantization="nf4")

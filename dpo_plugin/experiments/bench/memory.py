@@ -25,6 +25,7 @@ from ...training.config import REF_QUANTIZATIONS
 from ...training.recipe import build_trainer, parse_recipe
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
+from . import library_progress_bars_off
 
 MB = 1e6
 
@@ -69,6 +70,7 @@ def memory(argv: list[str]) -> dict:
 def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
     """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode`, train `steps` steps, and
     return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
+    library_progress_bars_off()
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = ["--ref_quantization", mode, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]

@@ -18,7 +18,8 @@ from statistics import mean
 
 import torch
 from peft import get_peft_model
-from transformers import TrainerCallback
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer, get_peft_config
 
 from ...objectives.logprobs import log_probs_from_logits, token_logps
@@ -27,6 +28,7 @@ from ...training.recipe import build_trainer, load_policy, parse_recipe
 from ...training.reference import Reference, choose_reference
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
+from . import library_progress_bars_off
 
 TRL_COUNTERPART = {"dpo": "sigmoid", "ipo": "ipo", "tdpo1": "sigmoid", "tdpo2": "sigmoid"}
 
@@ -58,6 +60,8 @@ class SpeedBenchArguments:
 class StepTimer(TrainerCallback):
     """Wall time of each optimizer step, end to end: from the previous step's end (or the start of training)."""
 
+    progress = None  # the turn's progress bar, advanced once per step
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.times: list[float] = []
         self._last = _now()
@@ -66,6 +70,7 @@ class StepTimer(TrainerCallback):
         now = _now()
         self.times.append(now - self._last)
         self._last = now
+        self.progress.update(1)
 
 
 def _now() -> float:
@@ -80,9 +85,11 @@ class TrainerContender:
     def __init__(self, trainer):
         self.trainer, self.timer = trainer, StepTimer()
         trainer.add_callback(self.timer)
+        trainer.remove_callback(PrinterCallback)  # the turn's progress bar is the output, not a dict per step
 
-    def run(self, steps: int) -> list[float]:
+    def run(self, steps: int, progress) -> list[float]:
         self.trainer.args.max_steps = steps
+        self.timer.progress = progress
         self.trainer.train()
         return self.timer.times
 
@@ -98,7 +105,7 @@ class RawBound:
         if args.gradient_checkpointing:
             policy.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
 
-    def run(self, steps: int) -> list[float]:
+    def run(self, steps: int, progress) -> list[float]:
         times, last = [], _now()
         per_step = self.args.gradient_accumulation_steps
         for step in range(steps):
@@ -109,6 +116,7 @@ class RawBound:
             now = _now()
             times.append(now - last)
             last = now
+            progress.update(1)
         return times
 
     def _micro_step(self, batch, accumulation: int) -> torch.Tensor:
@@ -132,13 +140,16 @@ def speed(argv: list[str]) -> dict:
     """Time TRL, the plugin and the raw bound in alternating turns; print a table and write JSON."""
     *_, bench_args = parse_recipe(argv, extra=(SpeedBenchArguments,), prog="dpo-plugin bench speed")
     steps_per_turn = bench_args.bench_warmup + bench_args.bench_steps
+    library_progress_bars_off()
     with tempfile.TemporaryDirectory() as output_dir:
+        print(f"Building the contenders ({', '.join(bench_args.bench_objectives)}: TRL and the plugin each) ...")
         contenders, batch_tokens, pairs_per_step = _contenders(argv, bench_args, steps_per_turn, output_dir)
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for round_index in range(bench_args.bench_rounds):
             for name, contender in contenders.items():
-                print(f"round {round_index + 1}/{bench_args.bench_rounds}: {name}, {steps_per_turn} steps")
-                times[name] += contender.run(steps_per_turn)[bench_args.bench_warmup :]
+                turn = f"round {round_index + 1}/{bench_args.bench_rounds}: {name}"
+                with tqdm(total=steps_per_turn, desc=turn, unit="step", leave=True) as progress:
+                    times[name] += contender.run(steps_per_turn, progress)[bench_args.bench_warmup :]
     tokens_per_step = mean(batch_tokens[bench_args.bench_warmup :])
     rows = _rows(times, bench_args.bench_objectives, pairs_per_step, tokens_per_step)
     results = {"argv": argv, "device": device_name(), "pairs_per_step": pairs_per_step, "rows": rows}
