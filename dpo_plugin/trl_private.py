@@ -23,6 +23,8 @@ transformers 5 (`transformers/trainer.py`, `transformers/configuration_utils.py`
 - `Trainer._save_checkpoint(model, trial)`, `_get_output_dir(trial)`: overridden; checkpoints are written into a
   staging folder and renamed into place whole.
 - `Trainer._load_optimizer_and_scheduler(checkpoint)`: overridden; restores the token count on resume.
+- `Trainer._globalstep_last_logged`: where the current logging window began, to log the mean loss of the steps that
+  ran when some were skipped.
 - `PretrainedConfig._name_or_path` (through `get_config_model_id`) and `_attn_implementation` (shared-prompt
   packing checks the attention implementation).
 """
@@ -60,4 +62,5 @@ TRAINER_ATTRIBUTES = (
     "aux_loss_enabled",
     "router_aux_loss_coef",
     "precompute_ref_logps",
+    "_globalstep_last_logged",
 )

@@ -165,6 +165,21 @@ def tiny_args(config_cls, tmp_path, **overrides):
     return config_cls(**(settings | overrides))
 
 
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run `dpo-plugin <argv>` in this process, expecting a user error: exit code 2 and one line on stderr, no
+    traceback; returns that line."""
+    from dpo_plugin.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2, stderr
+    assert stderr and stderr[-1].startswith(f"dpo-plugin {argv[0]}: error: "), stderr
+    assert not any("Traceback" in line for line in stderr), stderr
+    return stderr[-1]
+
+
 @pytest.fixture
 def tokenizer():
     return make_tokenizer()

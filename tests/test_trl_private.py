@@ -24,9 +24,10 @@ def test_each_attribute_the_plugin_reads_is_set_by_dpo_trainer(tokenizer, pairs,
     trainer = DPOTrainer(
         model=make_model(len(tokenizer)),
         ref_model=make_model(len(tokenizer)),
-        args=tiny_args(PreferenceConfig, tmp_path, loss_type="sigmoid"),
+        args=tiny_args(PreferenceConfig, tmp_path, loss_type="sigmoid", max_steps=1),
         train_dataset=pairs,
         processing_class=tokenizer,
     )
+    trainer.train()  # some are set only once training starts
     missing = [name for name in TRAINER_ATTRIBUTES if not hasattr(trainer, name)]
     assert not missing, f"DPOTrainer no longer sets {missing}: see dpo_plugin/trl_private.py"

@@ -5,6 +5,11 @@ Each command's module is imported only when that command runs, so `dpo-plugin --
 TRL-style YAML read with TRL's own parser, so any key can be overridden on the command line; `train` runs unchanged
 under `accelerate launch -m dpo_plugin.cli train ...`, or launches itself when the recipe sets `num_processes` /
 `accelerate_config`. `--verbose` (or `DPO_PLUGIN_VERBOSE=1`) shows the warnings hidden by default.
+
+Errors a user causes (a bad key or value, a missing file, unreadable data, a model folder without weights, a run
+that diverged) end in one line, `dpo-plugin <command>: error: <message>`, and exit code 2; a bug shows its traceback
+(exit 1), as does every error with `--debug` (or `DPO_PLUGIN_DEBUG=1`). Ctrl-C exits with 130; SIGTERM during
+training saves a checkpoint and exits with 143.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import os
 import re
 import sys
 import warnings
+
+from ..utils.errors import UserError
 
 # command -> "module:function" that runs it with the command's arguments
 COMMANDS = {
@@ -34,8 +41,10 @@ USAGE = """usage: dpo-plugin {train,eval,ppo,compare,bench,assets} [--config rec
   dpo-plugin bench {speed,memory} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
   dpo-plugin assets                                      fetch the offline model and data into the cache
 
-`dpo-plugin <command> --help` lists a command's keys. --verbose (or DPO_PLUGIN_VERBOSE=1) shows library warnings."""
-VERBOSE_ENV = "DPO_PLUGIN_VERBOSE"
+`dpo-plugin <command> --help` lists a command's keys. --verbose (or DPO_PLUGIN_VERBOSE=1) shows library warnings;
+--debug (or DPO_PLUGIN_DEBUG=1) shows the traceback of every error."""
+VERBOSE_ENV, DEBUG_ENV = "DPO_PLUGIN_VERBOSE", "DPO_PLUGIN_DEBUG"
+USAGE_ERROR, INTERRUPTED = 2, 130
 
 # Warnings raised inside TRL, transformers and bitsandbytes that a user of this command cannot act on, by exact
 # message: TRL's configs default the deprecated `gradient_checkpointing` and TRL reads `is_gradient_checkpointing`;
@@ -51,17 +60,34 @@ QUIET_LOG_RECORDS = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--verbose" in argv:
-        argv = [arg for arg in argv if arg != "--verbose"]
-        os.environ[VERBOSE_ENV] = "1"  # processes `train` launches inherit it
+    for flag, variable in (("--verbose", VERBOSE_ENV), ("--debug", DEBUG_ENV)):
+        if flag in argv:
+            argv = [arg for arg in argv if arg != flag]
+            os.environ[variable] = "1"  # processes `train` launches inherit it
     if not argv or argv[0] not in COMMANDS:
         print(USAGE)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR)
     if os.environ.get(VERBOSE_ENV) != "1":
         quiet_library_warnings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    module, function = COMMANDS[argv[0]].split(":")
-    getattr(importlib.import_module(module), function)(argv[1:])
+    command, (module, function) = argv[0], COMMANDS[argv[0]].split(":")
+    try:
+        getattr(importlib.import_module(module), function)(argv[1:])
+    except KeyboardInterrupt:
+        print(f"dpo-plugin {command}: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except (UserError, ValueError, OSError) as error:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"dpo-plugin {command}: error: {user_message(error)}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def user_message(error: BaseException) -> str:
+    """What the user reads: the message, with a missing file's path (an `OSError` names it apart from its text)."""
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
+        return f"{error.strerror or error}: {error.filename}"
+    return str(error)
 
 
 def quiet_library_warnings() -> None:

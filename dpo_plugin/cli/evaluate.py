@@ -8,10 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from trl import TrlParser
 
-from ..data.assets import resolve_model
 from ..data.loading import first_rows, load_preference_dataset
+from ..data.model_folders import model_folder
 from ..evaluation.heldout import EvaluationReport, preference_accuracies, sampled_completions
 from ..evaluation.policies import CompletionSampler
 from ..evaluation.rewards import RewardModelReward
@@ -20,7 +19,9 @@ from ..tasks.sentiment.gold import GOLD_TARGETS, GoldSentimentReward
 from ..training.config import REF_QUANTIZATIONS
 from ..training.reference import choose_reference
 from ..utils.atomic import write_json
+from ..utils.config_files import parse_config
 from ..utils.devices import default_device
+from ..utils.errors import UserError
 
 
 @dataclass
@@ -80,6 +81,9 @@ class EvalConfig:
     output_file: str = field(default="outputs/eval.json", metadata={"help": "Where the JSON report is written."})
 
     def __post_init__(self):
+        for name in ("model_name_or_path", "dataset_name"):  # first: nothing else means anything without them
+            if not getattr(self, name):
+                raise UserError(f"{name} is required (see recipes/eval.yaml).")
         for name in ("eval_pairs", "eval_generations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -99,11 +103,7 @@ class EvalConfig:
 
 def evaluate(argv: list[str]) -> dict:
     """Run a trained policy and its reference through the environments on held-out data; print and write JSON."""
-    parser = TrlParser((EvalConfig,), prog="dpo-plugin eval")
-    (config,) = parser.parse_args_and_config(argv)
-    for name in ("model_name_or_path", "dataset_name"):
-        if not getattr(config, name):
-            parser.error(f"{name} is required (see recipes/eval.yaml)")
+    _, config = parse_config((EvalConfig,), argv, "dpo-plugin eval")
     wanted = max(config.eval_pairs, config.eval_generations)
     raw = first_rows(
         load_preference_dataset(config.dataset_name, config.dataset_test_split, config.dataset_config), wanted
@@ -156,7 +156,7 @@ def _load_policy_and_reference(config: EvalConfig):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(config.model_name_or_path)
+    path = model_folder(config.model_name_or_path)
     is_adapter = (Path(path) / "adapter_config.json").is_file()
     if not is_adapter and not config.ref_model_name_or_path:
         raise ValueError(

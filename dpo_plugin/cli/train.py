@@ -27,16 +27,15 @@ def train(argv: list[str]) -> dict | None:
     from ..evaluation.heldout import EvaluationReport, preference_accuracies
     from ..evaluation.scoring import as_text
     from ..training.recipe import build_trainer
-    from ..utils.atomic import write_json
+    from ..utils.atomic import removed_if_left_empty, write_json
     from ..utils.plots import plot_training_curves
 
-    resume_from = _resume_checkpoint(training_args)
-    trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
-    tokenizer = trainer.processing_class
-
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    with removed_if_left_empty(training_args.output_dir):  # a run that fails before writing anything leaves no trace
+        trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
+    tokenizer = trainer.processing_class
     if trainer.interrupted_by is not None:
         _exit_interrupted(trainer, argv)
     trainer.save_model(training_args.output_dir)
@@ -85,22 +84,6 @@ def heldout_scorers(trainer, batch_size: int = 16) -> tuple:
             trainer.reference.model, trainer.processing_class, max_length, batch_size, trainer.reference_context
         ),
     )
-
-
-def _resume_checkpoint(training_args) -> str | None:
-    """`resume_from_checkpoint` as a folder: `true`/`last` mean the newest complete checkpoint in `output_dir`."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    value = training_args.resume_from_checkpoint
-    if value is None or value.lower() not in ("true", "last"):
-        return value
-    checkpoint = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
-    if checkpoint is None:
-        raise ValueError(
-            f"resume_from_checkpoint: {value} found no checkpoint-<step> folder in {training_args.output_dir}: "
-            "pass a checkpoint folder, or drop the key to start afresh."
-        )
-    return checkpoint
 
 
 def _exit_interrupted(trainer, argv: list[str]) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..utils.atomic import staged_folder
+from ..utils.errors import UserError
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -42,7 +43,7 @@ POLARITY_SOURCES: dict[str, tuple[str, int]] = {
 POLARITY_LABELS = (1, -1)
 
 
-class AssetUnavailable(RuntimeError):
+class AssetUnavailable(UserError, RuntimeError):
     """A real asset could not be found or fetched; the message says how to get it."""
 
 

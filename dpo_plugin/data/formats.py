@@ -45,10 +45,10 @@ def detect_format(dataset: Dataset) -> PreferenceFormat:
             return PreferenceFormat.STANDARD
         if isinstance(chosen, str) and "prompt" not in columns and HH_TURN_MARKER.search(chosen):
             return PreferenceFormat.HH_RLHF
-    accepted = "\n".join(f"  - {layout.value}" for layout in PreferenceFormat)
+    accepted = "; ".join(f"({number}) {layout.value}" for number, layout in enumerate(PreferenceFormat, 1))
     raise ValueError(
-        f"Unrecognised preference dataset with {len(dataset)} rows and columns {sorted(columns)}. "
-        f"Accepted formats:\n{accepted}\nRename or convert the columns to one of these."
+        f"Unrecognised preference dataset with {len(dataset)} rows and columns {sorted(columns)}. Accepted formats: "
+        f"{accepted}. Rename or convert the columns to one of these."
     )
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
+from ..utils.errors import UserError, one_line
 from .builtin import BUILTIN_DATASETS, load_builtin
+from .file_errors import describe_unreadable, encoding_problem
 from .formats import normalize_preference_dataset
 
 # file suffix -> the `datasets` builder that reads it
@@ -35,7 +37,12 @@ def load_preference_dataset(name: str, split: str, config: str | None = None) ->
         raise FileNotFoundError(f"No such data file: {path}. Check the path (relative paths start at {Path.cwd()}).")
     else:
         raw = _load_hub(name, split, config)
-    return normalize_preference_dataset(raw)
+    try:
+        return normalize_preference_dataset(raw)
+    except ValueError as error:
+        files = ([path] if path.is_file() else _split_files(path, split)) if path.exists() else []
+        problems = [problem for file in files if (problem := describe_unreadable(file))]
+        raise UserError(f"{name} ({split!r} split): {problems[0] if problems else error}") from error
 
 
 def _load_local(path: Path, split: str) -> Dataset:
@@ -51,7 +58,16 @@ def _load_local(path: Path, split: str) -> Dataset:
             f"Cannot read {[str(file) for file in files]} as one dataset: use files of one kind, "
             f"with a suffix among {sorted(LOCAL_FILE_BUILDERS)}."
         )
-    return datasets.load_dataset(builders.pop(), data_files=[str(file) for file in files], split="train")
+    builder = builders.pop()
+    for file in files:
+        if problem := encoding_problem(file):
+            raise UserError(f"Cannot read the {split!r} data: {problem}.")
+    try:
+        return datasets.load_dataset(builder, data_files=[str(file) for file in files], split="train")
+    except Exception as error:  # `datasets` raises StopIteration, DatasetGenerationError, UnicodeDecodeError, ...
+        problems = [problem for file in files if (problem := describe_unreadable(file))]
+        cause = problems[0] if problems else f"{type(error).__name__}: {one_line(error)}"
+        raise UserError(f"Cannot read the {split!r} data: {cause}.") from error
 
 
 def _split_files(folder: Path, split: str) -> list[Path]:

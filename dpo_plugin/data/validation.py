@@ -10,6 +10,8 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from ..utils.errors import UserError
+
 logger = logging.getLogger("dpo_plugin")
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -21,7 +23,7 @@ MESSAGES_EXPECTED = (
 )
 
 
-class InvalidPreferenceData(ValueError):
+class InvalidPreferenceData(UserError, ValueError):
     """A preference dataset has rows that cannot be trained on; the message names the row and field."""
 
 

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from ..data.assets import resolve_model
+from ..data.model_folders import model_folder
 from ..utils.devices import default_device
 from .scoring import SequenceScorer
 
@@ -88,7 +88,7 @@ class RewardModelReward:
         """A reward-model checkpoint (folder, hub id), on the GPU when there is one, in eval mode."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = resolve_model(path)
+        path = model_folder(path, "reward_model_name_or_path")
         model = AutoModelForSequenceClassification.from_pretrained(path).to(default_device()).eval()
         return cls(model, AutoTokenizer.from_pretrained(path), batch_size, max_length)
 

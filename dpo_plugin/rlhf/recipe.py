@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft import get_peft_model
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 
 from ..data.loading import first_rows, load_preference_dataset
 from ..training.recipe import load_policy
+from ..utils.config_files import parse_config
 from ..utils.devices import default_device
+from ..utils.errors import UserError
 from .ppo import PPOConfig, PPOTrainer
 
 
@@ -33,10 +35,9 @@ class PPOScriptArguments:
 
 def parse_ppo_recipe(argv: list[str], prog: str = "dpo-plugin ppo") -> tuple:
     """`(script_args, ppo_config, model_args)` from `--config recipe.yaml` and `--key value` overrides."""
-    parser = TrlParser((PPOScriptArguments, PPOConfig, ModelConfig), prog=prog)
-    script_args, ppo_config, model_args = parser.parse_args_and_config(argv)
+    _, script_args, ppo_config, model_args = parse_config((PPOScriptArguments, PPOConfig, ModelConfig), argv, prog)
     if not model_args.model_name_or_path:
-        parser.error("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model)")
+        raise UserError("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model).")
     return script_args, ppo_config, model_args
 
 

@@ -10,16 +10,68 @@ one does.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from ..data.model_folders import check_model_folder
 from ..utils.atomic import atomic_file, publish_folder, staged_folder
+from ..utils.errors import UserError
 from .guards import NonFiniteTrainingError, weights_are_finite
+
+logger = logging.getLogger("dpo_plugin")
 
 # Trainer state that TRL keeps outside `TrainerState`, saved in each checkpoint so a resumed run logs the same metrics.
 PLUGIN_STATE_NAME = "dpo_plugin_state.json"
+# Besides the weights and `trainer_state.json`, what a checkpoint needs for a resume that continues exactly: glob
+# pattern -> what resuming without it loses.
+EXACT_RESUME_FILES = {
+    "optimizer.pt": "the optimizer's state (AdamW's moments start from zero)",
+    "scheduler.pt": "the learning-rate schedule's position",
+    "rng_state*.pth": "the random number generators' states (dropout and data order differ)",
+    PLUGIN_STATE_NAME: "the num_tokens count TRL logs",
+}
+
+
+def resume_checkpoint(value: str | None, output_dir: str, allow_partial: bool = False) -> str | None:
+    """The checkpoint folder `resume_from_checkpoint` names (`true`/`last`: the newest complete one in `output_dir`),
+    checked to resume exactly: `UserError` when it is missing, is not a checkpoint, has incomplete weights, or lacks a
+    file of `EXACT_RESUME_FILES` (with `allow_partial`, a warning naming what starts afresh)."""
+    if value is None or value is False or value == "false":
+        return None
+    if value is True or str(value).lower() in ("true", "last"):
+        checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if checkpoint is None:
+            raise UserError(
+                f"resume_from_checkpoint: {value} found no checkpoint-<step> folder in {output_dir}: pass a "
+                "checkpoint folder, or drop the key to start afresh."
+            )
+    else:
+        checkpoint = str(value)
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise UserError(
+            f"resume_from_checkpoint {checkpoint!r}: no such folder (relative paths start at {Path.cwd()})."
+        )
+    if not (folder / "trainer_state.json").is_file():
+        raise UserError(
+            f"resume_from_checkpoint {checkpoint!r} is not a checkpoint (no trainer_state.json): give one of the "
+            f"checkpoint-<step> folders in {output_dir}, or `last`."
+        )
+    check_model_folder(folder, "resume_from_checkpoint")
+    missing = [(name, loses) for name, loses in EXACT_RESUME_FILES.items() if not list(folder.glob(name))]
+    missing = [(pattern.replace("*", ""), loses) for pattern, loses in missing]  # rng_state.pth, one per process
+    if missing and not allow_partial:
+        name, loses = missing[0]
+        raise UserError(
+            f"resume_from_checkpoint {checkpoint!r} lacks {name}, so resuming would lose {loses}: resume from a "
+            "complete checkpoint, or set allow_partial_resume: true to resume from this one anyway."
+        )
+    for name, loses in missing:
+        logger.warning("Resuming from %s without %s (allow_partial_resume): %s starts afresh.", checkpoint, name, loses)
+    return checkpoint
 
 
 class StagedCheckpoints:
@@ -32,7 +84,10 @@ class StagedCheckpoints:
         place, so none is ever half-written. Refused (`NonFiniteTrainingError`, nothing written) when a weight is NaN
         or infinite. Checkpoints (`_internal_call`) are staged whole by `_save_checkpoint`."""
         output_dir = output_dir or self.args.output_dir
-        if not weights_are_finite(self.accelerator.unwrap_model(self.model)):
+        policy = self.accelerator.unwrap_model(self.model)
+        if getattr(self, "divergence_guard", None) is not None:
+            self.divergence_guard.check_weights(policy, self.state.global_step, self.args.output_dir, "to be saved")
+        if not weights_are_finite(policy):
             raise NonFiniteTrainingError(
                 f"The policy has NaN or infinite weights at step {self.state.global_step}: not saving them to "
                 f"{output_dir}. Resume from the last good checkpoint, lowering learning_rate."

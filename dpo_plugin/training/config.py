@@ -1,5 +1,6 @@
 """`PreferenceConfig`: TRL's `DPOConfig` plus the plugin's objectives, validated at construction."""
 
+import math
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -25,6 +26,30 @@ TRL_LOSS_TYPES = (
     "sft",
     "sigmoid_norm",
 )
+
+
+def _integer_at_least(bound: int):
+    return lambda value: isinstance(value, int) and value >= bound
+
+
+def _finite_at_least(bound: float):
+    return lambda value: isinstance(value, (int, float)) and math.isfinite(value) and value >= bound
+
+
+# Settings TrainingArguments accepts and that fail only once training starts (after output_dir exists): field ->
+# (test, the valid range as the error states it). None passes (the field is unset).
+RUN_SETTING_RANGES = {
+    "per_device_train_batch_size": (_integer_at_least(1), "an integer >= 1 (pairs per device and step)"),
+    "per_device_eval_batch_size": (_integer_at_least(1), "an integer >= 1"),
+    "gradient_accumulation_steps": (_integer_at_least(1), "an integer >= 1"),
+    "learning_rate": (_finite_at_least(0.0), "a finite number >= 0"),
+    "weight_decay": (_finite_at_least(0.0), "a finite number >= 0"),
+    "max_grad_norm": (_finite_at_least(0.0), "a finite number >= 0 (0: no clipping)"),
+    "num_train_epochs": (_finite_at_least(0.0), "a finite number >= 0"),
+    "warmup_steps": (_finite_at_least(0.0), "a number >= 0"),
+    "max_length": (_integer_at_least(2), "an integer >= 2 (prompt and completion tokens), or unset"),
+    "max_weight_growth": (_finite_at_least(0.0), "a finite number >= 0"),
+}
 
 
 @dataclass
@@ -70,6 +95,14 @@ class PreferenceConfig(DPOConfig):
         metadata={
             "help": "When a step's loss or gradients are NaN/inf, skip that optimizer step (counted under "
             "`nonfinite_skipped`) instead of stopping with an error naming the step and the last checkpoint."
+        },
+    )
+    max_weight_growth: float = field(
+        default=1000.0,
+        metadata={
+            "help": "After each optimizer step, stop (and save nothing of that step) when a trainable weight tensor's "
+            "largest magnitude exceeds this many times its largest magnitude when training began (at least 1): "
+            "exploded weights are finite but useless. 0: stop on NaN/inf weights only."
         },
     )
     save_on_interrupt: bool = field(
@@ -122,12 +155,32 @@ class PreferenceConfig(DPOConfig):
         },
     )
 
+    allow_partial_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that lacks some of the state an exact resume needs (optimizer, "
+            "scheduler, RNG states, the plugin's token count): what is missing starts afresh, and the log says "
+            "which. False: such a resume is refused, naming the missing file."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
+        self._validate_run()
         self._validate_objective()
         self._validate_reference()
         super().__post_init__()
+        if self.resume_from_checkpoint is not None:  # checked now, before anything creates output_dir
+            from .checkpoints import resume_checkpoint
+
+            resume_checkpoint(self.resume_from_checkpoint, self.output_dir, self.allow_partial_resume)
+
+    def _validate_run(self) -> None:
+        for name, (is_valid, valid_range) in RUN_SETTING_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not is_valid(value)):
+                raise ValueError(f"{name} must be {valid_range}; got {value!r}.")
 
     @property
     def builds_reference(self) -> bool:

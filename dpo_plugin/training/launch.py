@@ -18,6 +18,8 @@ logger = logging.getLogger("dpo_plugin")
 ACCELERATE_CONFIG_DIR = Path(__file__).resolve().parent / "accelerate"
 # The signals torch's elastic launcher relays to the processes it started (SIGTERM/SIGINT stop them with a checkpoint).
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# A launched process that stopped on an error a user can fix (it printed it) exits with this, as the CLI does.
+USER_ERROR_EXIT_CODE = 2
 # Set in the launched processes, so they train instead of launching again.
 LAUNCHED_ENV = "DPO_PLUGIN_LAUNCHED"
 
@@ -102,6 +104,8 @@ def launch_training(argv: list[str], launch: LaunchArguments, mixed_precision: s
         exit_codes = {failure.exitcode for failure in error.failures.values()}
         if exit_codes <= {128 + signum for signum in (signal.SIGTERM, signal.SIGINT)}:
             sys.exit(max(exit_codes))  # every process was signalled, saved a checkpoint and said how to resume
+        if USER_ERROR_EXIT_CODE in exit_codes and exit_codes <= {USER_ERROR_EXIT_CODE, -signal.SIGTERM}:
+            sys.exit(USER_ERROR_EXIT_CODE)  # a process printed an error a user can fix; the launcher stopped the rest
         raise
     finally:
         del os.environ[LAUNCHED_ENV]

@@ -3,9 +3,11 @@
 from dataclasses import dataclass, field
 
 import torch
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
-from ..data.assets import resolve_model
+from ..data.model_folders import model_folder
+from ..utils.config_files import parse_config
+from ..utils.errors import UserError
 from .config import PreferenceConfig
 from .launch import LaunchArguments
 
@@ -33,12 +35,15 @@ def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin tra
 
     Returns `(data_args, training_args, model_args, launch_args, *extra_args)`, one per dataclass in `extra`.
     """
-    parser = TrlParser((DataArguments, PreferenceConfig, ModelConfig, LaunchArguments, *extra), prog=prog)
-    data_args, training_args, model_args, launch_args, *extra_args = parser.parse_args_and_config(argv)
+    _, data_args, training_args, model_args, launch_args, *extra_args = parse_config(
+        (DataArguments, PreferenceConfig, ModelConfig, LaunchArguments, *extra), argv, prog
+    )
     if not data_args.dataset_name:
-        parser.error("dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id")
+        raise UserError(
+            "dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id."
+        )
     if not model_args.model_name_or_path:
-        parser.error("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model)")
+        raise UserError("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model).")
     return (data_args, training_args, model_args, launch_args, *extra_args)
 
 
@@ -47,7 +52,7 @@ def load_policy(model_args: ModelConfig, device):
     placed on `device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_path = resolve_model(model_args.model_name_or_path)
+    model_path = model_folder(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     quantization = get_quantization_config(model_args)

@@ -21,7 +21,7 @@ from accelerate.utils import extract_model_from_parallel, is_peft_model
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from ..data.assets import resolve_model
+from ..data.model_folders import model_folder
 from ..objectives.logprobs import completion_logits, log_probs_from_logits, token_kl, token_logps
 from ..trl_private import get_config_model_id, use_adapter
 
@@ -115,7 +115,8 @@ def choose_reference(
     if peft and checkpoint is None and quantization == "none":
         return _logged(Reference(policy, ADAPTERS_OFF))
     if checkpoint is not None or quantization != "none":
-        checkpoint = resolve_model(checkpoint or get_config_model_id(extract_model_from_parallel(policy).config))
+        checkpoint = checkpoint or get_config_model_id(extract_model_from_parallel(policy).config)
+        checkpoint = model_folder(checkpoint, "ref_model_name_or_path") if checkpoint else checkpoint
         if not checkpoint:
             raise ValueError(
                 "The policy was built in memory, so it has no checkpoint to load a quantized reference from: set "
@@ -182,6 +183,36 @@ def check_bitsandbytes_device(device: torch.device) -> None:
         )
 
 
+# bitsandbytes' CPU 4-bit kernel on AVX512-BF16 machines packs each layer's outputs in blocks of 32 for inference.
+CPU_4BIT_OUTPUT_BLOCK = 32
+
+
+def _cpu_packs_4bit_weights() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def check_cpu_4bit_widths(policy: torch.nn.Module) -> None:
+    """ValueError naming the linear layers a 4-bit reference cannot hold on the CPU (bitsandbytes fails on them in
+    the first reference pass, with a reshape error): those whose output width is not a multiple of 32."""
+    narrow = [
+        f"{name} ({module.out_features} outputs)"
+        for name, module in extract_model_from_parallel(policy).named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and name.split(".")[-1] != "lm_head"
+        and not any(part.startswith("lora_") for part in name.split("."))  # a PEFT policy's adapters: not loaded
+        and module.out_features % CPU_4BIT_OUTPUT_BLOCK
+    ]
+    if narrow:
+        raise ValueError(
+            f"A 4-bit reference on the CPU needs every quantized linear layer's output width to be a multiple of "
+            f"{CPU_4BIT_OUTPUT_BLOCK} (bitsandbytes' CPU kernel packs them in blocks of {CPU_4BIT_OUTPUT_BLOCK}); "
+            f"{len(narrow)} layers are narrower or uneven, e.g. {', '.join(narrow[:2])}. Use ref_quantization: int8 "
+            "(or none), or train on a CUDA GPU."
+        )
+
+
 def load_reference(
     checkpoint: str,
     policy: PreTrainedModel,
@@ -200,6 +231,8 @@ def load_reference(
     config = bnb_config(quantization, compute_dtype, double_quant)
     if config is not None:
         check_bitsandbytes_device(device)
+    if config is not None and config.load_in_4bit and device.type == "cpu" and _cpu_packs_4bit_weights():
+        check_cpu_4bit_widths(policy)
     _check_same_vocabulary(checkpoint, policy, policy_tokenizer)
     if quantization == "int8":
         _quiet_int8_cast_warning()

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import extract_model_from_parallel, is_peft_model
 from datasets import Dataset
 from torch import Tensor
 from transformers import AutoTokenizer
@@ -32,9 +32,15 @@ from ..objectives.logprobs import (
 from ..objectives.losses import TOKEN_LEVEL_OBJECTIVES, PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
 from ..objectives.packing import completion_logits_shared_prompt
 from ..trl_private import create_model_from_path, disable_gradient_checkpointing, get_config_model_id
-from .checkpoints import StagedCheckpoints
+from .checkpoints import StagedCheckpoints, resume_checkpoint
 from .config import PreferenceConfig
-from .guards import NonFiniteTrainingError, drop_gradients, gradients_are_finite, nonfinite_step_message
+from .guards import (
+    DivergenceGuard,
+    NonFiniteTrainingError,
+    drop_gradients,
+    gradients_are_finite,
+    nonfinite_step_message,
+)
 from .interruption import CheckpointOnInterrupt
 from .reference import (
     ADAPTERS_OFF,
@@ -115,6 +121,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             model = create_model_from_path(model, **(args.model_init_kwargs or {}))
         reference = None
         if not isinstance(model, str):
+            self._check_tokenizer_fits(model, processing_class)
             reference = choose_reference(
                 model,
                 ref_model,
@@ -154,6 +161,9 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         self.interruption = CheckpointOnInterrupt(self.accelerator)
         if getattr(args, "save_on_interrupt", True):
             self.add_callback(self.interruption)
+        self.divergence_guard = DivergenceGuard(getattr(args, "max_weight_growth", 0.0))
+        self.add_callback(self.divergence_guard)
+        self._skipped_steps, self._skipped_in_log_window, self._log_window_start = 0, set(), 0
 
     # ----------------------------------------------------------------------------------------------------------------
     # The objective step: policy and reference log-probs → the objective → TRL's logged metrics.
@@ -306,23 +316,61 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step, then the non-finite guard: a NaN/inf loss or gradient raises `NonFiniteTrainingError` before
-        the optimizer touches the weights, or with `skip_nonfinite_steps` drops this step's gradients and goes on."""
+        the optimizer touches the weights, or with `skip_nonfinite_steps` drops this step's gradients and goes on.
+
+        A skipped step is left out of the logged means (`log`): the metrics it logged are removed, and every later
+        log entry counts the steps skipped so far under `nonfinite_skipped`. The weights after each step are checked by
+        `self.divergence_guard`.
+        """
+        self._log_window_start = self._globalstep_last_logged  # transformers moves it on before `log` runs
+        logged = {key: len(values) for key, values in self._metrics["train"].items()}
         loss = super().training_step(model, inputs, num_items_in_batch)
         what = "loss" if not torch.isfinite(loss) else None if gradients_are_finite(model) else "gradients"
         if what is None:
             return loss
         step = self.state.global_step + 1
         if not getattr(self.args, "skip_nonfinite_steps", False):
-            raise NonFiniteTrainingError(nonfinite_step_message(what, step, self.args.output_dir))
+            good = self.divergence_guard.good_checkpoints(self.args.output_dir)
+            raise NonFiniteTrainingError(nonfinite_step_message(what, step, good))
         drop_gradients(model)
-        self._metrics["train"]["nonfinite_skipped"].append(1.0)
+        metrics = self._metrics["train"]
+        for key in list(metrics):  # TRL averages each list at the next log: leave none empty
+            if logged.get(key, 0):
+                del metrics[key][logged[key] :]
+            else:
+                del metrics[key]
+        self._skipped_in_log_window.add(step)
+        self.divergence_guard.step_was_skipped = True
         logger.warning("Non-finite %s at optimizer step %d: step skipped (skip_nonfinite_steps).", what, step)
         return torch.zeros_like(loss)
 
-    def train(self, *args, **kwargs):
-        """TRL's `train`; the SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed however it ends."""
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log. The loss of a window with skipped steps is the mean over the steps that ran (transformers
+        divided by all of them); a window of skipped steps only logs no loss, and no gradient norm after a skip."""
+        if "learning_rate" in logs and self._skipped_in_log_window:  # a training log entry
+            steps = self.state.global_step - self._log_window_start
+            ran = steps - len(self._skipped_in_log_window)
+            if ran > 0:
+                logs["loss"] = logs["loss"] * steps / ran
+            else:
+                logs.pop("loss", None)
+            if self.state.global_step in self._skipped_in_log_window:
+                logs.pop("grad_norm", None)
+            self._skipped_steps += len(self._skipped_in_log_window)
+            self._skipped_in_log_window.clear()
+        if "learning_rate" in logs and self._skipped_steps:
+            logs["nonfinite_skipped"] = float(self._skipped_steps)
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """TRL's `train`, resuming only from a checkpoint that resumes exactly (`checkpoints.resume_checkpoint`,
+        unless `allow_partial_resume`); the SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed
+        however it ends."""
+        resume_from_checkpoint = resume_checkpoint(
+            resume_from_checkpoint, self.args.output_dir, getattr(self.args, "allow_partial_resume", False)
+        )
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.interruption.restore_handlers()
 
@@ -360,6 +408,19 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         stack = reference.context(self.accelerator.autocast)
         stack.enter_context(disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs))
         return stack
+
+    @staticmethod
+    def _check_tokenizer_fits(model, processing_class) -> None:
+        """ValueError when the tokenizer has ids the model's embeddings cannot look up (an `IndexError` in the first
+        step otherwise)."""
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        embeddings = extract_model_from_parallel(model).get_input_embeddings()
+        if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the model's embeddings hold "
+                f"{embeddings.num_embeddings}: ids past them cannot be looked up. Use the model's own tokenizer, or "
+                "grow the embeddings first (model.resize_token_embeddings(len(tokenizer)))."
+            )
 
     def _reference_chosen_by_trl(self) -> Reference:
         """The reference TRL built for a policy it loaded by name: the same checkpoint reloaded, the PEFT policy with

@@ -4,13 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_pairs, make_tokenizer, save_checkpoint, tiny_reward_model, tiny_run, write_splits
+from conftest import cli_error, make_pairs, make_tokenizer, save_checkpoint, tiny_reward_model, tiny_run, write_splits
 from datasets import Dataset
 from trl import TrlParser
 
 from dpo_plugin.cli import main
 from dpo_plugin.cli.evaluate import EvalConfig
-from dpo_plugin.data import InvalidPreferenceData
 from dpo_plugin.training.recipe import parse_recipe
 
 RECIPE_DIR = Path(__file__).parents[2] / "recipes"
@@ -58,13 +57,14 @@ def test_tiny_run_writes_model_metrics_and_plot(tiny_checkpoint, tmp_path):
     assert not list(output_dir.glob(".*"))  # no temporary files left behind
 
 
-def test_invalid_rows_stop_the_run_before_any_output(tiny_checkpoint, tmp_path):
+def test_invalid_rows_stop_the_run_before_any_output(tiny_checkpoint, tmp_path, capsys):
     bad = make_pairs(12).to_list()
     bad[5]["chosen"] = bad[5]["rejected"]
     data = write_splits(tmp_path / "pairs", Dataset.from_list(bad), make_pairs(4))
     output_dir = tmp_path / "run"
-    with pytest.raises(InvalidPreferenceData, match="row 5"):
-        main(tiny_run(tiny_checkpoint, data, output_dir))
+    assert "row 5, field 'chosen': identical to rejected" in cli_error(
+        capsys, tiny_run(tiny_checkpoint, data, output_dir)
+    )
     assert not output_dir.exists()
 
 
@@ -74,10 +74,12 @@ def test_eval_recipe_parses_and_bad_settings_are_refused():
     with pytest.raises(ValueError, match="needs a reward"):
         EvalConfig(model_name_or_path="m", dataset_name="d", eval_generations=4)
     with pytest.raises(ValueError, match="gold_reward"):
-        EvalConfig(gold_reward="happy")
+        EvalConfig(model_name_or_path="m", dataset_name="d", gold_reward="happy")
+    with pytest.raises(ValueError, match="model_name_or_path is required"):
+        EvalConfig(dataset_name="d", eval_generations=4)  # the missing key first, not the settings it makes moot
 
 
-def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp_path):
+def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp_path, capsys):
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
     main(tiny_run(tiny_checkpoint, data, tmp_path / "run"))
     reward_model = tmp_path / "reward-model"
@@ -85,8 +87,9 @@ def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp
     output = tmp_path / "eval.json"
     common = ["eval", "--model_name_or_path", str(tmp_path / "run"), "--dataset_name", str(data)]
     common += ["--eval_pairs", "8", "--eval_generations", "3", "--max_new_tokens", "4", "--batch_size", "2"]
-    with pytest.raises(ValueError, match="set ref_model_name_or_path"):
-        main([*common, "--reward_model_name_or_path", str(reward_model)])
+    assert "set ref_model_name_or_path" in cli_error(
+        capsys, [*common, "--reward_model_name_or_path", str(reward_model)]
+    )
     main(
         [
             *common,
@@ -128,15 +131,14 @@ def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_refere
     assert evaluated == trained
 
 
-def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_checkpoint, tmp_path):
+def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_checkpoint, tmp_path, capsys):
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(4))
     reward_model = save_checkpoint(tmp_path / "reward-model", model=tiny_reward_model(make_tokenizer()))
     output = tmp_path / "ppo"
     argv = ["ppo", "--config", str(RECIPE_DIR / "compare" / "ppo.yaml"), "--model_name_or_path", str(tiny_checkpoint)]
     argv += ["--dataset_name", str(data), "--output_dir", str(output), "--lora_target_modules", "q_proj", "v_proj"]
     argv += ["--steps", "2", "--rollout_batch_size", "4", "--mini_batch_size", "2", "--max_new_tokens", "4"]
-    with pytest.raises(ValueError, match="reward_model_name_or_path is required"):
-        main(argv)
+    assert "reward_model_name_or_path is required" in cli_error(capsys, argv)
     main([*argv, "--reward_model_name_or_path", reward_model])
     state = json.loads((output / "ppo_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"]] == [1, 2] and "kl/mean" in state["log_history"][0]

@@ -1,5 +1,5 @@
-"""Non-finite guard: a NaN loss stops training naming the step and the last checkpoint, or skips the step when the
-recipe opts in; NaN weights are never saved."""
+"""Divergence guard: a NaN loss stops training naming the step and only checkpoints known good, or skips the step
+(left out of the logged means) when the recipe opts in; NaN or exploded weights stop training and are never saved."""
 
 from pathlib import Path
 
@@ -34,12 +34,27 @@ def trainer_with_nan(tokenizer, pairs, tmp_path, calls, **overrides):
     return trainer
 
 
-def test_a_nan_loss_stops_training_naming_the_step_and_the_last_checkpoint(tokenizer, pairs, tmp_path):
-    trainer = trainer_with_nan(tokenizer, pairs, tmp_path, calls={3})
-    with pytest.raises(NonFiniteTrainingError, match=r"loss at optimizer step 3.*checkpoint-2"):
+def test_a_nan_loss_stops_training_and_calls_good_only_checkpoints_known_good(tokenizer, pairs, tmp_path):
+    """NaN at step 5: checkpoint-4 holds the weights that gave it (not known good); checkpoint-2's weights gave
+    finite values at step 3, so it is."""
+    trainer = trainer_with_nan(tokenizer, pairs, tmp_path, calls={5})
+    with pytest.raises(NonFiniteTrainingError) as error:
         trainer.train()
+    message = str(error.value)
+    assert "loss at optimizer step 5" in message
+    assert f"{tmp_path / 'checkpoint-4'} holds weights not known good" in message
+    assert f"the last checkpoint known good is {tmp_path / 'checkpoint-2'}" in message
     assert weights_are_finite(trainer.model)
-    assert sorted(path.name for path in Path(tmp_path).glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_exploding_weights_stop_training_before_they_are_saved(tokenizer, pairs, tmp_path):
+    trainer = trainer_with_nan(tokenizer, pairs, tmp_path, calls=set(), learning_rate=1e30, save_steps=1)
+    with pytest.raises(NonFiniteTrainingError, match=r"at step 1 are exploded.*No checkpoint is known good"):
+        trainer.train()
+    assert not list(Path(tmp_path).glob("checkpoint-*"))
+    with pytest.raises(NonFiniteTrainingError, match="not saving them"):
+        trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final").exists()
 
 
 def test_skipping_leaves_the_weights_of_the_bad_step_untouched(tokenizer, pairs, tmp_path):
@@ -57,7 +72,25 @@ def test_skipping_leaves_the_weights_of_the_bad_step_untouched(tokenizer, pairs,
     assert trainer.state.global_step == 6 and weights_are_finite(trainer.model)
     assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))  # step 3 changed nothing
     assert not all(torch.equal(a, b) for a, b in zip(weights[3], weights[4], strict=True))  # step 4 trained
-    assert any(entry.get("nonfinite_skipped") for entry in trainer.state.log_history)
+    logs = {entry["step"]: entry for entry in trainer.state.log_history if "learning_rate" in entry}
+    assert "loss" in logs[2] and "loss" in logs[4] and logs[4]["nonfinite_skipped"] == 1.0
+    assert {"loss", "grad_norm", "rewards/margins"}.isdisjoint(logs[3])  # skipped: no loss of 0, no metrics
+    assert logs[3]["nonfinite_skipped"] == 1.0
+    assert all(torch.isfinite(torch.tensor(value)) for entry in logs.values() for value in entry.values())
+
+
+def test_a_window_with_a_skipped_step_logs_the_mean_loss_of_the_steps_that_ran(tokenizer, pairs, tmp_path):
+    def logs(logging_steps):
+        trainer = trainer_with_nan(
+            tokenizer, pairs, tmp_path / str(logging_steps), calls={2}, save_strategy="no", skip_nonfinite_steps=True
+        )
+        trainer.args.logging_steps = logging_steps
+        trainer.train()
+        return {entry["step"]: entry for entry in trainer.state.log_history if "learning_rate" in entry}
+
+    each_step, windows = logs(1), logs(3)  # the same run, logged every step and every 3 steps
+    assert windows[3]["loss"] == pytest.approx((each_step[1]["loss"] + each_step[3]["loss"]) / 2, rel=1e-6)
+    assert windows[3]["nonfinite_skipped"] == windows[6]["nonfinite_skipped"] == 1.0
 
 
 def test_nan_weights_are_never_saved(tokenizer, pairs, tmp_path):

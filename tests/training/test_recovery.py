@@ -179,3 +179,30 @@ def test_dpo_plugin_train_stopped_by_sigterm_exits_143_and_resumes_exactly(tmp_p
         for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "num_tokens"):
             assert got[key] == pytest.approx(want[key], abs=1e-6, rel=0), (want["step"], key)
     assert (run / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "dpo_plugin_state.json"])
+def test_resuming_from_a_checkpoint_that_lacks_a_file_is_refused_unless_partial_resume_is_asked(
+    tmp_path, missing, caplog
+):
+    run = tmp_path / "run"
+    tiny_trainer(run, max_steps=2).train()
+    checkpoint = run / "checkpoint-2"
+    (checkpoint / missing).unlink()
+    with pytest.raises(ValueError, match=f"lacks {missing}.*allow_partial_resume"):
+        PreferenceConfig(output_dir=str(run), resume_from_checkpoint=str(checkpoint), use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match=f"lacks {missing}"):  # the Python API is checked too
+        tiny_trainer(run, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+    with caplog.at_level("WARNING", logger="dpo_plugin"):
+        resumed = tiny_trainer(run, max_steps=4, allow_partial_resume=True)
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4 and f"without {missing}" in caplog.text
+
+
+def test_resuming_from_truncated_weights_is_refused(tmp_path):
+    run = tmp_path / "run"
+    tiny_trainer(run, max_steps=2).train()
+    weights = run / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="model.safetensors is truncated"):
+        tiny_trainer(run, max_steps=4).train(resume_from_checkpoint="last")

@@ -260,3 +260,16 @@ def test_choose_reference_takes_the_first_that_applies(checkpoint, tokenizer):
 
     with pytest.raises(ValueError, match="Got both a ref_model object and ref_model_name_or_path"):
         choose_reference(policy, explicit, quantization="nf4")
+
+
+def test_a_4bit_reference_of_narrow_layers_is_refused_before_loading_on_a_cpu_that_packs_them(tokenizer, tmp_path):
+    """bitsandbytes' CPU kernel (AVX512-BF16) packs a 4-bit layer's outputs in blocks of 32 and fails on a narrower
+    layer with a reshape error inside the first reference pass; the tiny 32-wide model's k_proj has 16 outputs."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("this CPU's bitsandbytes kernel does not pack 4-bit weights")
+    narrow = save_checkpoint(tmp_path / "narrow", hidden_size=32)
+    policy = AutoModelForCausalLM.from_pretrained(narrow)
+    with pytest.raises(ValueError, match=r"multiple of 32.*k_proj \(16 outputs\).*int8"):
+        choose_reference(policy, quantization="nf4", tokenizer=tokenizer)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import TrlParser
 
 from ...data.assets import resolve_model
 from ...data.loading import first_rows, load_preference_dataset
@@ -28,6 +27,7 @@ from ...rlhf.reward_model import RewardModelConfig, train_reward_model
 from ...tasks.sentiment.generation import sentiment_generation
 from ...tasks.sentiment.gold import GoldSentimentReward
 from ...utils.atomic import write_json
+from ...utils.config_files import parse_config
 from ...utils.devices import default_device, device_name
 from .claims import dpo_versus_ipo, tdpo_versus_dpo
 from .report import markdown, write_report
@@ -38,7 +38,7 @@ logger = logging.getLogger("dpo_plugin")
 
 def compare(argv: list[str]) -> dict:
     """Run the comparison the recipe describes; write comparison.md, comparison.json and the plots."""
-    (config,) = TrlParser((CompareConfig,), prog="dpo-plugin compare").parse_args_and_config(argv)
+    _, config = parse_config((CompareConfig,), argv, "dpo-plugin compare")
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     device = default_device()
@@ -50,8 +50,10 @@ def compare(argv: list[str]) -> dict:
     train_pairs, test_pairs = (load_preference_dataset(data, split) for split in ("train", "test"))
 
     logger.info("Training the reward model on %d pairs (%s).", len(train_pairs), config.reward_model_recipe)
-    (rm_config,) = TrlParser((RewardModelConfig,)).parse_args_and_config(
-        ["--config", config.reward_model_recipe, "--output_dir", str(output_dir / "reward_model")]
+    _, rm_config = parse_config(
+        (RewardModelConfig,),
+        ["--config", config.reward_model_recipe, "--output_dir", str(output_dir / "reward_model")],
+        "dpo-plugin compare (reward model)",
     )
     rm = train_reward_model(reference_path, train_pairs, test_pairs, rm_config)
     reward_fn = RewardModelReward.from_pretrained(str(rm.path), config.batch_size)
