@@ -1,7 +1,7 @@
 # One virtualenv in .venv holds everything; `make quickstart` and `make test` create it on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch on CPU-only machines. For CUDA, see README ("Using a GPU").
+# The CPU build of torch on CPU-only machines. For CUDA, see docs/recipes_and_data.md ("Using a GPU").
 TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
