@@ -29,6 +29,10 @@ class PreferenceFormat(str, Enum):
         "that share the prompt turns (a string prompt column, if any, is ignored)"
     )
     HH_RLHF = "HH-RLHF transcripts: string columns chosen, rejected like '\\n\\nHuman: ...\\n\\nAssistant: ...'"
+    IMPLICIT_STANDARD = (
+        "implicit-prompt standard: string columns chosen, rejected that begin with the same prompt (no prompt "
+        "column); split where they first differ, as TRL splits them"
+    )
 
 
 def detect_format(dataset: Dataset) -> PreferenceFormat:
@@ -45,6 +49,8 @@ def detect_format(dataset: Dataset) -> PreferenceFormat:
             return PreferenceFormat.STANDARD
         if isinstance(chosen, str) and "prompt" not in columns and HH_TURN_MARKER.search(chosen):
             return PreferenceFormat.HH_RLHF
+        if isinstance(chosen, str) and isinstance(first["rejected"], str) and "prompt" not in columns:
+            return PreferenceFormat.IMPLICIT_STANDARD
     accepted = "; ".join(f"({number}) {layout.value}" for number, layout in enumerate(PreferenceFormat, 1))
     raise ValueError(
         f"Unrecognised preference dataset with {len(dataset)} rows and columns {sorted(columns)}. Accepted formats: "
@@ -55,7 +61,7 @@ def detect_format(dataset: Dataset) -> PreferenceFormat:
 def normalize_preference_dataset(dataset: Dataset) -> Dataset:
     """``dataset`` in TRL's explicit-prompt format: prompt/chosen/rejected all strings or all message lists."""
     layout = detect_format(dataset)
-    if layout is PreferenceFormat.IMPLICIT_CONVERSATIONAL:
+    if layout in (PreferenceFormat.IMPLICIT_CONVERSATIONAL, PreferenceFormat.IMPLICIT_STANDARD):
         return dataset.map(maybe_extract_prompt, desc="Extracting the shared prompt")
     if layout is PreferenceFormat.HH_RLHF:
         return dataset.map(_hh_rlhf_to_conversation, with_indices=True, desc="Parsing HH-RLHF transcripts")

@@ -17,7 +17,7 @@ from .formats import normalize_preference_dataset
 LOCAL_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_preference_dataset(name: str, split: str, config: str | None = None) -> Dataset:
+def load_preference_dataset(name: str, split: str, config: str | None = None, **hub_options) -> Dataset:
     """Load ``split`` of ``name`` and normalise it to TRL's explicit-prompt preference format.
 
     ``name`` is tried, in order, as:
@@ -26,48 +26,57 @@ def load_preference_dataset(name: str, split: str, config: str | None = None) ->
         ``test-00000-of-00001.parquet``);
     (b) a built-in dataset (``BUILTIN_DATASETS``, splits ``"train"`` and ``"test"``);
     (c) a Hugging Face Hub dataset id, read with ``datasets.load_dataset(name, config, split=split)``.
-    ``config`` names a hub dataset's configuration and is refused for local and built-in data.
+    ``config`` names a hub dataset's configuration and is refused for local and built-in data; ``hub_options``
+    (``data_dir``, ``data_files``) go to ``datasets.load_dataset`` for a hub id.
     """
     path = Path(name).expanduser()
+    label = f"{name} ({split!r} split)"
     if path.exists() or name in BUILTIN_DATASETS:
         if config is not None:
             raise ValueError(f"config={config!r} applies only to hub datasets, not to the local or built-in {name!r}.")
-        raw = _load_local(path, split) if path.exists() else load_builtin(name, split)
-    elif path.suffix in LOCAL_FILE_BUILDERS:
+        if not path.exists():
+            return _normalized(load_builtin(name, split), label)
+        if path.is_file() and split != "train":
+            raise ValueError(
+                f"{path} is a single file, so its only split is 'train', not {split!r}. To give it a {split!r} "
+                f"split, put it in a folder as {split}{path.suffix} beside train{path.suffix}."
+            )
+        return load_preference_files([path] if path.is_file() else _split_files(path, split), label)
+    if path.suffix in LOCAL_FILE_BUILDERS:
         raise FileNotFoundError(f"No such data file: {path}. Check the path (relative paths start at {Path.cwd()}).")
-    else:
-        raw = _load_hub(name, split, config)
-    try:
-        return normalize_preference_dataset(raw)
-    except ValueError as error:
-        files = ([path] if path.is_file() else _split_files(path, split)) if path.exists() else []
-        problems = [problem for file in files if (problem := describe_unreadable(file))]
-        raise UserError(f"{name} ({split!r} split): {problems[0] if problems else error}") from error
+    return _normalized(load_hub_dataset(name, split, config, **hub_options), label)
 
 
-def _load_local(path: Path, split: str) -> Dataset:
-    if path.is_file() and split != "train":
-        raise ValueError(
-            f"{path} is a single file, so its only split is 'train', not {split!r}. "
-            f"To give it a {split!r} split, put it in a folder as {split}{path.suffix} beside train{path.suffix}."
-        )
-    files = [path] if path.is_file() else _split_files(path, split)
+def load_preference_files(files: list[Path], label: str) -> Dataset:
+    """Local .json/.jsonl/.csv/.parquet files of one kind read as one dataset and normalised; a file that does not
+    read says which file, which line and what was expected (`file_errors`). `label` names the data in errors."""
     builders = {LOCAL_FILE_BUILDERS.get(file.suffix) for file in files}
     if len(builders) != 1 or None in builders:
         raise ValueError(
             f"Cannot read {[str(file) for file in files]} as one dataset: use files of one kind, "
             f"with a suffix among {sorted(LOCAL_FILE_BUILDERS)}."
         )
-    builder = builders.pop()
     for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"No such data file: {file} (relative paths start at {Path.cwd()}).")
         if problem := encoding_problem(file):
-            raise UserError(f"Cannot read the {split!r} data: {problem}.")
+            raise UserError(f"Cannot read {label}: {problem}.")
     try:
-        return datasets.load_dataset(builder, data_files=[str(file) for file in files], split="train")
+        raw = datasets.load_dataset(builders.pop(), data_files=[str(file) for file in files], split="train")
     except Exception as error:  # `datasets` raises StopIteration, DatasetGenerationError, UnicodeDecodeError, ...
         problems = [problem for file in files if (problem := describe_unreadable(file))]
         cause = problems[0] if problems else f"{type(error).__name__}: {one_line(error)}"
-        raise UserError(f"Cannot read the {split!r} data: {cause}.") from error
+        raise UserError(f"Cannot read {label}: {cause}.") from error
+    return _normalized(raw, label, files)
+
+
+def _normalized(raw: Dataset, label: str, files: list[Path] = ()) -> Dataset:
+    """`normalize_preference_dataset(raw)`, its error naming `label` (and what is wrong in `files`, if anything)."""
+    try:
+        return normalize_preference_dataset(raw)
+    except ValueError as error:
+        problems = [problem for file in files if (problem := describe_unreadable(file))]
+        raise UserError(f"{label}: {problems[0] if problems else error}") from error
 
 
 def _split_files(folder: Path, split: str) -> list[Path]:
@@ -83,9 +92,10 @@ def _split_files(folder: Path, split: str) -> list[Path]:
     return matching
 
 
-def _load_hub(name: str, split: str, config: str | None) -> Dataset:
+def load_hub_dataset(name: str, split: str, config: str | None = None, **kwargs) -> Dataset:
+    """`datasets.load_dataset(name, config, split=split, **kwargs)`, its many error types as one `ValueError`."""
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split, **kwargs)
     except Exception as error:  # the hub client raises many types (network, auth, missing config or split)
         raise ValueError(
             f"{name!r} is not a local file or folder nor a built-in dataset ({sorted(BUILTIN_DATASETS)}), so it was "

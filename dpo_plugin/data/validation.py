@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -19,8 +20,12 @@ SKIP_HINT = "Fix the data, or set `skip_invalid_rows: true` in the recipe to dro
 TOKENIZE_BATCH_SIZE = 512
 STRING_EXPECTED = "a non-empty string, as the prompt is a string"
 MESSAGES_EXPECTED = (
-    "a non-empty list of messages {'role': str, 'content': non-empty str}, as the prompt is a message list"
+    "a non-empty list of messages {'role': str, 'content': non-empty str} (an assistant turn may carry tool_calls "
+    "instead of content), as the prompt is a message list"
 )
+TRUNCATION_MODES = ("keep_start", "keep_end")
+# Per-row columns TRL passes to the chat template when it tokenizes a conversational prompt.
+TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")
 
 
 class InvalidPreferenceData(UserError, ValueError):
@@ -46,13 +51,16 @@ def validate_preference_dataset(
     max_length: int | None,
     skip_invalid: bool = False,
     name: str = "train",
+    truncation_mode: str = "keep_start",
 ) -> Dataset:
     """Return ``dataset`` if every row is trainable, else raise ``InvalidPreferenceData`` naming the first bad row.
 
     A row is trainable when prompt, chosen and rejected are all non-empty strings or all non-empty message lists
     (each message a dict with a non-empty string ``role`` and ``content``), chosen differs from rejected, and,
-    when ``max_length`` is set, the prompt tokenized as TRL does (chat template with the generation prompt for
-    messages, plain tokenization for strings) is shorter than ``max_length``, leaving room for the completion.
+    when ``max_length`` is set and ``truncation_mode`` is ``keep_start`` (TRL's default), the prompt tokenized as TRL
+    does (chat template with the generation prompt for messages, plain tokenization for strings) is shorter than
+    ``max_length``, leaving room for the completion. With ``keep_end`` TRL cuts long rows from the left, so their
+    completions survive and such rows are kept, as TRL keeps them.
     With ``skip_invalid`` the bad rows are dropped instead and counted per reason in the log.
     """
     missing = [column for column in PREFERENCE_COLUMNS if column not in dataset.column_names]
@@ -61,7 +69,11 @@ def validate_preference_dataset(
             f"The {name!r} dataset lacks the column(s) {missing}; it has {dataset.column_names}. "
             f"A preference dataset needs {list(PREFERENCE_COLUMNS)} (see dpo_plugin.data.formats for accepted layouts)."
         )
-    problems = _find_problems(dataset.select_columns(list(PREFERENCE_COLUMNS)), tokenizer, max_length)
+    if truncation_mode not in TRUNCATION_MODES:
+        raise InvalidPreferenceData(f"truncation_mode {truncation_mode!r} is not one of {list(TRUNCATION_MODES)}.")
+    limit = max_length if truncation_mode == "keep_start" else None
+    template_columns = [column for column in TEMPLATE_COLUMNS if column in dataset.column_names]
+    problems = _find_problems(dataset.select_columns([*PREFERENCE_COLUMNS, *template_columns]), tokenizer, limit)
     if not problems:
         return dataset
     counts = Counter(f"{problem.field}: {problem.reason}" for problem in problems)
@@ -93,7 +105,7 @@ def _find_problems(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_len
         }
         if max_length is not None:
             well_formed = [index for index in range(len(batch)) if index not in batch_problems]
-            prompt_lengths = _prompt_token_counts([batch[index]["prompt"] for index in well_formed], tokenizer)
+            prompt_lengths = _prompt_token_counts([batch[index] for index in well_formed], tokenizer)
             for index, length in zip(well_formed, prompt_lengths, strict=True):
                 if length >= max_length:
                     batch_problems[index] = RowProblem(
@@ -134,22 +146,31 @@ def _field_problem(value: Any, conversational: bool) -> tuple[str, str] | None:
     for message in value:
         if not isinstance(message, dict) or not _is_filled_string(message.get("role")):
             return "message without a role", expected
-        if not _is_filled_string(message.get("content")):
-            return "message with empty or non-string content", expected
+        if not _is_filled_string(message.get("content")) and not message.get("tool_calls"):
+            return "message with empty or non-string content and no tool_calls", expected
     return None
 
 
-def _prompt_token_counts(
-    prompts: list[str] | list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase
-) -> list[int]:
-    """Token counts of prompts, tokenized the way TRL's ``DPOTrainer`` tokenizes them."""
-    if not prompts:
+def _prompt_token_counts(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token counts of the rows' prompts, tokenized the way TRL's ``DPOTrainer`` tokenizes them: messages through the
+    chat template with the generation prompt, the row's ``tools`` and ``chat_template_kwargs``; strings plainly."""
+    if not rows:
         return []
-    if isinstance(prompts[0], list):
+    prompts = [row["prompt"] for row in rows]
+    if not isinstance(prompts[0], list):
+        return [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    if not any(row.get(column) for row in rows for column in TEMPLATE_COLUMNS):
         encoded = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
-    else:
-        encoded = tokenizer(prompts)
-    return [len(ids) for ids in encoded["input_ids"]]
+        return [len(ids) for ids in encoded["input_ids"]]
+    counts = []
+    for row in rows:
+        tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+        kwargs = {"tools": tools, **(row.get("chat_template_kwargs") or {})}
+        encoded = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True, **kwargs
+        )
+        counts.append(len(encoded["input_ids"]))
+    return counts
 
 
 def _is_filled_string(value: Any) -> bool:

@@ -25,13 +25,14 @@ logger = logging.getLogger("dpo_plugin")
 
 # Trainer state that TRL keeps outside `TrainerState`, saved in each checkpoint so a resumed run logs the same metrics.
 PLUGIN_STATE_NAME = "dpo_plugin_state.json"
-# Besides the weights and `trainer_state.json`, what a checkpoint needs for a resume that continues exactly: glob
-# pattern -> what resuming without it loses.
+# Besides the weights and `trainer_state.json`, what a checkpoint needs for a resume that continues exactly: the file
+# named in errors -> (glob patterns, any of which holds it; what resuming without it loses). DeepSpeed keeps the
+# optimizer's state in `global_step<N>/` instead of `optimizer.pt`.
 EXACT_RESUME_FILES = {
-    "optimizer.pt": "the optimizer's state (AdamW's moments start from zero)",
-    "scheduler.pt": "the learning-rate schedule's position",
-    "rng_state*.pth": "the random number generators' states (dropout and data order differ)",
-    PLUGIN_STATE_NAME: "the num_tokens count TRL logs",
+    "optimizer.pt": (("optimizer.pt", "global_step*/*optim_states.pt"), "the optimizer's state (AdamW's moments)"),
+    "scheduler.pt": (("scheduler.pt",), "the learning-rate schedule's position"),
+    "rng_state.pth": (("rng_state*.pth",), "the random number generators' states (dropout and data order differ)"),
+    PLUGIN_STATE_NAME: ((PLUGIN_STATE_NAME,), "the num_tokens count TRL logs"),
 }
 
 
@@ -61,8 +62,11 @@ def resume_checkpoint(value: str | None, output_dir: str, allow_partial: bool = 
             f"checkpoint-<step> folders in {output_dir}, or `last`."
         )
     check_model_folder(folder, "resume_from_checkpoint")
-    missing = [(name, loses) for name, loses in EXACT_RESUME_FILES.items() if not list(folder.glob(name))]
-    missing = [(pattern.replace("*", ""), loses) for pattern, loses in missing]  # rng_state.pth, one per process
+    missing = [
+        (name, loses)
+        for name, (patterns, loses) in EXACT_RESUME_FILES.items()
+        if not any(list(folder.glob(pattern)) for pattern in patterns)
+    ]
     if missing and not allow_partial:
         name, loses = missing[0]
         raise UserError(

@@ -1,11 +1,14 @@
 """`PreferenceConfig`: TRL's `DPOConfig` plus the plugin's objectives, validated at construction."""
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
 from ..objectives.losses import OBJECTIVES, TOKEN_LEVEL_OBJECTIVES
+
+logger = logging.getLogger("dpo_plugin")
 
 REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
 BNB_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -26,6 +29,8 @@ TRL_LOSS_TYPES = (
     "sft",
     "sigmoid_norm",
 )
+# TRL's name for a plugin objective that TRL computes to the same numbers (the plugin's `ipo` with `ipo_normalize`).
+TRL_EQUIVALENTS = {"dpo": "sigmoid", "ipo": "ipo"}
 
 
 def _integer_at_least(bound: int):
@@ -75,8 +80,10 @@ class PreferenceConfig(DPOConfig):
     ipo_normalize: bool = field(
         default=True,
         metadata={
-            "help": "`ipo` only: divide each log-ratio by its completion length before the squared loss (TRL's `ipo`, "
-            "the form the IPO paper's results use). False: summed log-ratios (Mitchell's reference code)."
+            "help": "`ipo` only: divide each log-ratio by its completion length before the squared loss, as TRL's "
+            "`ipo` does (a comment in TRL's code says the IPO authors confirmed their results use this form; the "
+            "paper's eq. 17 is written on summed log-ratios). False: summed log-ratios, as in Mitchell's reference "
+            "DPO code."
         },
     )
     tdpo_alpha: float = field(
@@ -213,8 +220,32 @@ class PreferenceConfig(DPOConfig):
 
     @property
     def plugin_loss_type(self) -> str | None:
-        """The plugin objective this config selects, or None when TRL computes the loss."""
-        return self.loss_type[0] if self.loss_type[0] in OBJECTIVES else None
+        """The objective the plugin computes: one of its own, or `dpo` for TRL's `sigmoid` used alone without TRL-only
+        options (the same numbers, computed faster); None when TRL's `DPOTrainer` computes the loss."""
+        if len(self.loss_type) != 1:
+            return None
+        name = self.loss_type[0]
+        if name in OBJECTIVES:
+            return name
+        return "dpo" if name == "sigmoid" and not self.trl_only_options else None
+
+    @property
+    def dpo_label_smoothing(self) -> float:
+        """ε of the `dpo` objective: `label_smoothing` for the plugin's `dpo` (cDPO); 0 for TRL's `sigmoid`, which
+        ignores it in TRL 1.16."""
+        return self.label_smoothing if self.loss_type == ["dpo"] else 0.0
+
+    @property
+    def trl_only_options(self) -> list[str]:
+        """The TRL options this config sets that only TRL's own loss computes (WPO weighting, LD-DPO, f-DPO, a
+        weighted mixture of losses)."""
+        options = {
+            "use_weighting": self.use_weighting,
+            "ld_alpha": self.ld_alpha is not None,
+            "f_divergence_type": self.f_divergence_type != "reverse_kl",
+            "loss_weights": self.loss_weights is not None,
+        }
+        return [name for name, is_set in options.items() if is_set]
 
     def _validate_objective(self) -> None:
         known = OBJECTIVES + TRL_LOSS_TYPES
@@ -224,15 +255,19 @@ class PreferenceConfig(DPOConfig):
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0 (it scales the implicit reward); got {self.beta}.")
         plugin = [name for name in self.loss_type if name in OBJECTIVES]
+        if plugin and (self.trl_only_options or len(self.loss_type) > 1):
+            self._hand_to_trl(plugin)
+            plugin = []
         if not plugin:
             if self.reference_free:
                 raise ValueError("reference_free applies to loss_type 'dpo' only; use loss_type: dpo.")
+            if self.loss_type == ["sigmoid"] and self.label_smoothing and not self.trl_only_options:
+                logger.warning(
+                    "label_smoothing %g has no effect on TRL's sigmoid loss (TRL 1.16's DPOTrainer ignores it too). "
+                    "For conservative DPO (cDPO), use loss_type: dpo.",
+                    self.label_smoothing,
+                )
             return
-        if len(self.loss_type) > 1:
-            raise ValueError(
-                f"loss_type {self.loss_type}: a plugin objective ({', '.join(OBJECTIVES)}) is used alone. "
-                "Combine TRL's own loss names with loss_weights, or pick one plugin objective."
-            )
         loss = plugin[0]
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(
@@ -255,15 +290,34 @@ class PreferenceConfig(DPOConfig):
             raise ValueError(
                 "precompute_ref_log_probs has nothing to compute with reference_free: set one of them off."
             )
-        unsupported = {
-            "ld_alpha": self.ld_alpha is not None,
-            "f_divergence_type": self.f_divergence_type != "reverse_kl",
-            "use_weighting": self.use_weighting,
-            "loss_weights": self.loss_weights is not None,
-        }
-        for name, is_set in unsupported.items():
-            if is_set:
+
+    def _hand_to_trl(self, plugin: list[str]) -> None:
+        """A plugin objective beside TRL-only options or other losses is computed by TRL's `DPOTrainer`, under TRL's
+        name for the same objective (`TRL_EQUIVALENTS`); ValueError when TRL has no such objective."""
+        beside = ", ".join(self.trl_only_options) or f"the other losses in {self.loss_type}"
+        for name in plugin:
+            problem = self._why_trl_cannot_compute(name)
+            if problem:
                 raise ValueError(
-                    f"{name} is a TRL option for TRL's own loss names; the plugin objective '{loss}' does not use it. "
-                    f"Unset {name}, or use TRL's loss_type 'sigmoid'."
+                    f"loss_type '{name}' with {beside}: only TRL's DPOTrainer computes {beside}, and {problem}. "
+                    f"Unset {beside}, or change that setting."
                 )
+        trl_names = [TRL_EQUIVALENTS.get(name, name) for name in self.loss_type]
+        logger.info(
+            "loss_type %s with %s: computed by TRL's DPOTrainer as %s (the same objective).",
+            self.loss_type,
+            beside,
+            trl_names,
+        )
+        self.loss_type = trl_names
+
+    def _why_trl_cannot_compute(self, name: str) -> str | None:
+        if name in TOKEN_LEVEL_OBJECTIVES:
+            return "TRL has no token-level DPO"
+        if name == "dpo" and self.label_smoothing:
+            return "TRL's sigmoid has no label smoothing (cDPO): set label_smoothing: 0"
+        if name == "dpo" and self.reference_free:
+            return "TRL's sigmoid has no reference-free mode"
+        if name == "ipo" and not self.ipo_normalize:
+            return "TRL's ipo is the length-averaged form only (ipo_normalize: true)"
+        return None

@@ -119,11 +119,18 @@ class DivergenceGuard(TrainerCallback):
         trainable = _trainable(model) if model is not None else []
         if not trainable:
             return None
-        return torch.stack([p.detach().abs().amax().float() for _, p in trainable])
+        return torch.stack([tensor.detach().abs().amax().float() for _, tensor in trainable])
 
 
-def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point()]
+def _trainable(model) -> list[tuple[str, torch.Tensor]]:
+    """The trainable floating-point tensors this process holds: DeepSpeed ZeRO-3 keeps a parameter's local shard in
+    `ds_tensor` (the parameter itself is empty there); shards a process holds none of are left out."""
+    tensors = []
+    for name, parameter in model.named_parameters():
+        tensor = getattr(parameter, "ds_tensor", parameter)
+        if parameter.requires_grad and parameter.is_floating_point() and tensor.numel() > 0:
+            tensors.append((name, tensor))
+    return tensors
 
 
 def nonfinite_step_message(what: str, step: int, good_checkpoints: str) -> str:

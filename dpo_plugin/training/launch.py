@@ -40,9 +40,15 @@ class LaunchArguments:
         default=None,
         metadata={
             "help": "An accelerate config file, or the name of one the plugin ships (ddp, fsdp, zero2, zero3; in "
-            "dpo_plugin/training/accelerate/): the distributed engine to train with. See docs/scaling.md."
+            "dpo_plugin/training/accelerate/) or TRL ships (multi_gpu, single_gpu, fsdp1, fsdp2, zero1, zero2, "
+            "zero3; the plugin's win where both have a name): the distributed engine to train with. See "
+            "docs/scaling.md."
         },
     )
+
+    # `accelerate launch` flags a recipe sets beyond these two (`main_process_port: 29501`, ...), as `trl dpo`
+    # passes every key its dataclasses do not know on to `accelerate launch`; set by `parse_recipe` (not a field).
+    launcher_flags = ()
 
     def __post_init__(self):
         if self.num_processes is not None and self.num_processes < 1:
@@ -54,23 +60,37 @@ class LaunchArguments:
     def wants_launch(self) -> bool:
         """Whether this `train` should re-run itself under `accelerate launch` (not when it already runs under it)."""
         already_launched = LAUNCHED_ENV in os.environ or "LOCAL_RANK" in os.environ
-        asked = self.accelerate_config is not None or (self.num_processes or 1) > 1
+        asked = self.accelerate_config is not None or (self.num_processes or 1) > 1 or bool(self.launcher_flags)
         return asked and not already_launched
 
 
 def resolve_accelerate_config(name_or_path: str) -> Path:
-    """A path to an existing file, or the name of a shipped config (with or without `.yaml`)."""
+    """A path to an existing file, or the name (with or without `.yaml`) of a config the plugin ships, or else of one
+    TRL ships (`multi_gpu`, `single_gpu`, `fsdp1`, `fsdp2`, `zero1`, ...: what `trl dpo --accelerate_config` takes)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = ACCELERATE_CONFIG_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in ACCELERATE_CONFIG_DIR.glob("*.yaml"))
+    name = f"{path.name.removesuffix('.yaml')}.yaml"
+    for folder in (ACCELERATE_CONFIG_DIR, trl_accelerate_configs()):
+        if folder is not None and (folder / name).is_file():
+            return folder / name
+    ours = sorted(p.stem for p in ACCELERATE_CONFIG_DIR.glob("*.yaml"))
+    trls = sorted(p.stem for p in trl_accelerate_configs().glob("*.yaml")) if trl_accelerate_configs() else []
     raise ValueError(
-        f"accelerate_config {name_or_path!r} is neither a file nor one of the shipped configs "
-        f"({', '.join(names) or f'none found: {ACCELERATE_CONFIG_DIR} is missing'})."
+        f"accelerate_config {name_or_path!r} is neither a file nor a shipped config: the plugin ships "
+        f"{', '.join(ours) or f'none ({ACCELERATE_CONFIG_DIR} is missing)'}; TRL ships {', '.join(trls) or 'none'}."
     )
+
+
+def trl_accelerate_configs() -> Path | None:
+    """The folder of accelerate configs the installed TRL ships, or None."""
+    from importlib import resources
+
+    try:
+        folder = Path(str(resources.files("trl").joinpath("accelerate_configs")))
+    except ModuleNotFoundError:
+        return None
+    return folder if folder.is_dir() else None
 
 
 def launch_arguments(launch: LaunchArguments, mixed_precision: str) -> list[str]:
@@ -81,8 +101,15 @@ def launch_arguments(launch: LaunchArguments, mixed_precision: str) -> list[str]
     if launch.num_processes is not None:
         flags += ["--num_processes", str(launch.num_processes)]
     if launch.accelerate_config is not None:
-        return ["--config_file", launch.accelerate_config, *flags]
-    return ["--multi_gpu", *flags, "--num_machines", "1", "--dynamo_backend", "no"]
+        return ["--config_file", launch.accelerate_config, *flags, *launch.launcher_flags]
+    return ["--multi_gpu", *flags, "--num_machines", "1", "--dynamo_backend", "no", *launch.launcher_flags]
+
+
+def is_launcher_option(key: str) -> bool:
+    """Whether `accelerate launch` takes `--key` (`num_machines`, `main_process_port`, `mixed_precision`, ...)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    return f"--{key}" in launch_command_parser()._option_string_actions
 
 
 def launch_training(argv: list[str], launch: LaunchArguments, mixed_precision: str) -> None:

@@ -1,20 +1,29 @@
 """Training recipes: TRL-style YAML parsed with TRL's own parser, and the trainer a recipe describes."""
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
-from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
 from ..data.model_folders import model_folder
 from ..utils.config_files import parse_config
 from ..utils.errors import UserError
 from .config import PreferenceConfig
-from .launch import LaunchArguments
+from .launch import LaunchArguments, is_launcher_option
+
+logger = logging.getLogger("dpo_plugin")
 
 
 @dataclass
-class DataArguments(ScriptArguments):
-    """TRL's `ScriptArguments` (dataset_name, dataset_config, splits) plus how much of the data a recipe uses."""
+class DataArguments(ScriptArguments, DatasetMixtureConfig):
+    """What `trl dpo` reads about the data, TRL's `ScriptArguments` (dataset_name, dataset_config, splits) and
+    `DatasetMixtureConfig` (a `datasets:` mixture, `test_split_size`), plus how much of the data a recipe uses.
+
+    With `datasets`, the mixture is the data (`data/mixture.py`) and `dataset_name` is ignored, as in `trl dpo`;
+    `dataset_train_split` / `dataset_test_split` name the mixture's two parts, and `max_train_pairs` and
+    `heldout_eval_pairs` count pairs of those parts.
+    """
 
     max_train_pairs: int | None = field(
         default=None, metadata={"help": "Train on the first N pairs of the training split (all when unset)."}
@@ -35,13 +44,17 @@ def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin tra
 
     Returns `(data_args, training_args, model_args, launch_args, *extra_args)`, one per dataclass in `extra`.
     """
-    _, data_args, training_args, model_args, launch_args, *extra_args = parse_config(
-        (DataArguments, PreferenceConfig, ModelConfig, LaunchArguments, *extra), argv, prog
+    _, data_args, training_args, model_args, launch_args, *extra_args, launcher_flags = parse_config(
+        (DataArguments, PreferenceConfig, ModelConfig, LaunchArguments, *extra), argv, prog, is_launcher_option
     )
-    if not data_args.dataset_name:
+    launch_args.launcher_flags = launcher_flags
+    if not data_args.dataset_name and not data_args.datasets:
         raise UserError(
-            "dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id."
+            "dataset_name is required: a local file or folder, a built-in name (sentiment-pairs), or a hub id (or a "
+            "datasets: mixture, as in trl dpo recipes)."
         )
+    if data_args.datasets and data_args.streaming:
+        raise UserError("streaming: true is not supported: every row is checked before training; set streaming: false.")
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model).")
     return (data_args, training_args, model_args, launch_args, *extra_args)
@@ -67,24 +80,35 @@ def load_policy(model_args: ModelConfig, device):
     return model, tokenizer
 
 
+def load_split(data_args: DataArguments, split: str, seed: int):
+    """One split of the recipe's data: of the `datasets` mixture when there is one (seeded by `seed`), else of
+    `dataset_name`."""
+    from ..data.loading import load_preference_dataset
+    from ..data.mixture import load_mixture
+
+    if not data_args.datasets:
+        return load_preference_dataset(data_args.dataset_name, split, data_args.dataset_config)
+    if data_args.dataset_name:
+        logger.warning("The recipe sets both datasets and dataset_name: the datasets mixture is used, as in trl dpo.")
+    names = (data_args.dataset_train_split, data_args.dataset_test_split)
+    return load_mixture(data_args.datasets, split, data_args.test_split_size, seed, names)
+
+
 def build_trainer(data_args: DataArguments, training_args: PreferenceConfig, model_args: ModelConfig):
     """The recipe's data, policy (`load_policy`) and trainer.
 
     Returns `(trainer, train_pairs, heldout_pairs)`; `heldout_pairs` is None when nothing needs the test split.
     """
-    from ..data.loading import first_rows, load_preference_dataset  # imported here: `--help` needs no `datasets`
+    from ..data.loading import first_rows  # imported here: `--help` needs no `datasets`
     from .trainer import PreferenceTrainer
 
     train_pairs = first_rows(
-        load_preference_dataset(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config),
-        data_args.max_train_pairs,
+        load_split(data_args, data_args.dataset_train_split, training_args.seed), data_args.max_train_pairs
     )
     heldout_pairs = None
     needs_test_split = data_args.heldout_eval_pairs > 0 or training_args.eval_strategy != "no"
     if needs_test_split:
-        heldout_pairs = load_preference_dataset(
-            data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config
-        )
+        heldout_pairs = load_split(data_args, data_args.dataset_test_split, training_args.seed)
     model, tokenizer = load_policy(model_args, training_args.device)
     trainer = PreferenceTrainer(
         model=model,

@@ -93,6 +93,7 @@ def choose_reference(
     device: torch.device | str | None = None,
     peft: bool | None = None,
     precomputed: bool = False,
+    sharded: bool = False,
 ) -> Reference:
     """π_ref for `policy`, the first of these that applies:
 
@@ -102,7 +103,9 @@ def choose_reference(
     3. a `checkpoint` or a `quantization`: that checkpoint (a folder, hub id or bundled name; default: the policy's
        own) loaded with `load_reference`;
     4. `precomputed` (reference log-probs computed before training): the policy as it is now, held by nobody;
-    5. otherwise a frozen copy of the policy as it is in memory now (`frozen_copy`).
+    5. otherwise a frozen copy of the policy as it is in memory now (`frozen_copy`); with `sharded` parameters
+       (DeepSpeed ZeRO-3, which partitions the policy as it loads) a copy would hold empty shards, so the policy's
+       own checkpoint is loaded instead, as TRL does.
     """
     peft = is_peft_model(policy) if peft is None else peft
     if ref_model is not None:
@@ -114,6 +117,13 @@ def choose_reference(
         return _logged(Reference(ref_model.eval().requires_grad_(False), EXPLICIT))
     if peft and checkpoint is None and quantization == "none":
         return _logged(Reference(policy, ADAPTERS_OFF))
+    if sharded and not precomputed and checkpoint is None and quantization == "none":
+        checkpoint = get_config_model_id(extract_model_from_parallel(policy).config)
+        if not checkpoint:
+            raise ValueError(
+                "Under DeepSpeed ZeRO-3 the reference is loaded from the policy's checkpoint (a copy of a sharded "
+                "model holds empty shards), but this policy was built in memory: save it first, or pass ref_model."
+            )
     if checkpoint is not None or quantization != "none":
         checkpoint = checkpoint or get_config_model_id(extract_model_from_parallel(policy).config)
         checkpoint = model_folder(checkpoint, "ref_model_name_or_path") if checkpoint else checkpoint
@@ -277,7 +287,8 @@ def _check_same_vocabulary(checkpoint: str, policy: PreTrainedModel, policy_toke
                 "models to read the same token ids. Use a reference from the policy's model family."
             )
     reference_vocab = AutoConfig.from_pretrained(checkpoint).get_text_config().vocab_size
-    policy_vocab = extract_model_from_parallel(policy).get_output_embeddings().weight.shape[0]
+    weight = extract_model_from_parallel(policy).get_output_embeddings().weight
+    policy_vocab = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
     if reference_vocab != policy_vocab:
         raise ValueError(
             f"The reference {checkpoint!r} predicts over {reference_vocab} tokens and the policy over {policy_vocab}: "

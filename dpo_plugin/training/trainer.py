@@ -133,6 +133,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
                 device=args.device,
                 peft=peft_config is not None or is_peft_model(model),
                 precomputed=args.precompute_ref_log_probs,
+                sharded=args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3,
             )
             if builds_reference and reference.kind == CHECKPOINT and peft_config is not None:
                 self._warn_lora_with_separate_reference(reference, args)
@@ -205,7 +206,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         """Per-pair losses and implicit rewards of the configured plugin objective."""
         args = self.args
         if loss_type == "dpo":
-            return dpo_loss(chosen_logratios, rejected_logratios, args.beta, args.label_smoothing)
+            return dpo_loss(chosen_logratios, rejected_logratios, args.beta, args.dpo_label_smoothing)
         if loss_type == "ipo":
             lengths = completion_lengths(inputs["completion_mask"]).chunk(2) if args.ipo_normalize else (None, None)
             return ipo_loss(chosen_logratios, rejected_logratios, args.beta, *lengths)
@@ -398,6 +399,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             args.max_length,
             skip_invalid=getattr(args, "skip_invalid_rows", False),
             name=name,
+            truncation_mode=args.truncation_mode,
         )
 
     def reference_context(self):

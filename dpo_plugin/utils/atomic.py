@@ -54,7 +54,8 @@ def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
         yield
     except BaseException:
         if not existed and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+            with contextlib.suppress(OSError):  # another process of the run removed it, or wrote into it, first
+                folder.rmdir()
         raise
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError, one_line
 
 
-def parse_config(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
+def parse_config(
+    dataclass_types: tuple, argv: list[str], prog: str, passed_on: Callable[[str], bool] | None = None
+) -> tuple:
     """`--config recipe.yaml` sets defaults, other `--key value` flags override them (`trl.TrlParser`); returns
-    `(parser, *instances)`, one instance per dataclass.
+    `(parser, *instances)`, one instance per dataclass, and with `passed_on` also the `--key value` strings of the
+    keys no dataclass knows but `passed_on(key)` accepts (as `trl dpo` passes such keys on to `accelerate launch`).
 
     A missing or unparsable config file and keys no dataclass knows (in the file or on the command line, with the
     nearest known key suggested) are `UserError`s; a field's own validation (`__post_init__`) raises as it does.
@@ -28,9 +32,22 @@ def parse_config(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
         *instances, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except yaml.YAMLError as error:
         raise UserError(f"{config} is not valid YAML: {one_line(error)}") from error
-    if unknown:
-        raise UserError(unknown_keys_message(unknown, parser))
-    return (parser, *instances)
+    accepted = _key_value_pairs(unknown, passed_on) if passed_on is not None else []
+    rejected = [item for item in unknown if item not in accepted]
+    if rejected:
+        raise UserError(unknown_keys_message(rejected, parser))
+    return (parser, *instances, accepted) if passed_on is not None else (parser, *instances)
+
+
+def _key_value_pairs(items: list[str], accepts: Callable[[str], bool]) -> list[str]:
+    """The `--key [value]` items whose key `accepts` (a key's value is every item up to the next `--key`)."""
+    accepted, keep = [], False
+    for item in items:
+        if item.startswith("--"):
+            keep = accepts(item[2:].split("=")[0])
+        if keep:
+            accepted.append(item)
+    return accepted
 
 
 def unknown_keys_message(unknown: list[str], parser) -> str:

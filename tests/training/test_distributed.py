@@ -39,6 +39,29 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert [signal.getsignal(signum) for signum in RELAYED_SIGNALS] == handlers  # the launcher's are removed
 
 
+@pytest.mark.parametrize("loss_type", ["dpo", "tdpo2"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_zero_on_two_cpu_processes_matches_one_process(tmp_path, loss_type, stage):
+    """DeepSpeed's CPU accelerator with the shipped ZeRO configs: two processes with 2 pairs each log what one
+    process with 4 logs, and save complete checkpoints. Under ZeRO-3 the reference is reloaded from the policy's
+    checkpoint (a copy of a partitioned model would hold empty shards)."""
+    pytest.importorskip("deepspeed", reason="deepspeed is an optional extra: pip install '.[deepspeed]'")
+    checkpoint = save_checkpoint(tmp_path / "tiny-model")
+    data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
+    common = ["--loss_type", loss_type, "--learning_rate", "0.01", "--max_steps", "4"]
+    main(tiny_run(checkpoint, data, tmp_path / "one", *common, "--per_device_train_batch_size", "4"))
+    two = [*common, "--per_device_train_batch_size", "2", "--num_processes", "2", "--accelerate_config", stage]
+    main(tiny_run(checkpoint, data, tmp_path / stage, *two, "--save_strategy", "steps", "--save_steps", "2"))
+    for single, double in zip(logged_steps(tmp_path / "one"), logged_steps(tmp_path / stage), strict=True):
+        for key in COMPARED_METRICS:
+            assert double[key] == pytest.approx(single[key], abs=1e-5, rel=0), (stage, single["step"], key)
+    assert sorted(p.name for p in (tmp_path / stage).glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / stage / "model.safetensors").is_file()
+    resumed = [*two, "--max_steps", "5", "--resume_from_checkpoint", "last"]  # the optimizer is in global_step4/
+    main(tiny_run(checkpoint, data, tmp_path / stage, *resumed))
+    assert logged_steps(tmp_path / stage)[-1]["step"] == 5
+
+
 @pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIG_DIR.glob("*.yaml")), ids=lambda path: path.stem)
 def test_shipped_accelerate_configs_load_and_resolve_by_name(path):
     config = load_config_from_file(str(path))
@@ -54,7 +77,7 @@ def test_launch_arguments():
     flags = launch_arguments(LaunchArguments(num_processes=4, accelerate_config="zero2"), "bf16")
     assert flags[0] == "--config_file" and flags[1].endswith("zero2.yaml")
     assert flags[2:] == ["--mixed_precision", "bf16", "--num_processes", "4"]
-    with pytest.raises(ValueError, match="neither a file nor one of the shipped configs"):
+    with pytest.raises(ValueError, match="neither a file nor a shipped config: the plugin ships ddp"):
         LaunchArguments(accelerate_config="zero9")
     with pytest.raises(ValueError, match="num_processes must be >= 1"):
         LaunchArguments(num_processes=0)
