@@ -3,9 +3,12 @@
 Everything is computed in float32, whatever the dtype of the model's logits.
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor
 
 IGNORE_INDEX = -100
@@ -62,11 +65,33 @@ class CompletionLogits(NamedTuple):
 
     def scatter(self, values: Tensor) -> Tensor:
         """Per-position values (N,) back into a (B, T) tensor that is zero off the completion."""
-        return values.new_zeros(self.mask.shape).masked_scatter(self.mask, values)
+        return scatter_positions(self.mask, values)
 
     def sequence_sum(self, values: Tensor) -> Tensor:
         """Σ over each sequence's completion positions of per-position values (N,) → (B,), float32."""
-        return self.scatter(values.float()).sum(dim=1)
+        return scatter_positions(self.mask, values.float()).sum(dim=1)
+
+
+class CompletionHidden(NamedTuple):
+    """The last hidden states (N, d) at the N positions that predict completion tokens, their `labels` (N,), and
+    `mask` (B, T), as `CompletionLogits` has them, for the chunked head (`chunked_head.py`) to project."""
+
+    hidden: Tensor
+    labels: Tensor
+    mask: Tensor
+
+    def scatter(self, values: Tensor) -> Tensor:
+        """Per-position values (N,) back into a (B, T) tensor that is zero off the completion."""
+        return scatter_positions(self.mask, values)
+
+    def sequence_sum(self, values: Tensor) -> Tensor:
+        """Σ over each sequence's completion positions of per-position values (N,) → (B,), float32."""
+        return scatter_positions(self.mask, values.float()).sum(dim=1)
+
+
+def scatter_positions(mask: Tensor, values: Tensor) -> Tensor:
+    """Per-position values (N,) into a `mask`-shaped tensor, in `mask`'s order, zero where `mask` is False."""
+    return values.new_zeros(mask.shape).masked_scatter(mask, values)
 
 
 def completion_logits(model, model_kwargs: dict, completion_mask: Tensor) -> tuple[CompletionLogits, object]:
@@ -83,6 +108,34 @@ def completion_logits(model, model_kwargs: dict, completion_mask: Tensor) -> tup
     logits = outputs.logits[:, :-1][mask]  # the last kept position predicts past the sequence
     labels = model_kwargs["input_ids"][:, start + 1 :][mask]
     return CompletionLogits(logits, labels, mask), outputs
+
+
+@contextlib.contextmanager
+def last_hidden_state(model) -> Iterator[dict]:
+    """While the block runs, `box["hidden"]` is set to the (B, T, d) output of `model`'s decoder, the hidden states
+    its LM head projects, on each forward (DDP/FSDP/DeepSpeed wrappers and PEFT looked through)."""
+    box: dict = {}
+
+    def keep(module, args, output):
+        box["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = extract_model_from_parallel(model).get_decoder().register_forward_hook(keep)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def completion_hidden(model, model_kwargs: dict, completion_mask: Tensor) -> tuple[CompletionHidden, object]:
+    """One forward of a causal LM keeping the decoder's hidden states at the positions that predict completion
+    tokens, as `completion_logits` selects them; the model's own head projects only the last position
+    (`logits_to_keep=1`), whose logits come back in the outputs, to check a head against."""
+    with last_hidden_state(model) as box:
+        outputs = model(**model_kwargs, logits_to_keep=1)
+    mask = completion_mask[:, 1:].bool()
+    hidden = box["hidden"][:, :-1][mask]
+    labels = model_kwargs["input_ids"][:, 1:][mask]
+    return CompletionHidden(hidden, labels, mask), outputs
 
 
 def summed_logps(selected: CompletionLogits) -> Tensor:

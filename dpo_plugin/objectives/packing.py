@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor
 
-from .logprobs import CompletionLogits, completion_logits
+from .logprobs import CompletionHidden, CompletionLogits, completion_hidden, completion_logits, last_hidden_state
 
 # Model families whose attention takes a prepared 4-D mask and explicit position ids as the packing needs (their
 # transformers code shares Llama's attention). Others fall back to the plain path.
@@ -97,23 +97,47 @@ def completion_logits_shared_prompt(model, model_kwargs: dict, completion_mask: 
 
     Returns `(CompletionLogits, outputs)` exactly as `completion_logits` does.
     """
-    packed = pack_pairs(model_kwargs["input_ids"], model_kwargs["attention_mask"], completion_mask)
-    if packed is None or not supports_shared_prompt(model) or "output_router_logits" in model_kwargs:
+    packed = _packed(model, model_kwargs, completion_mask)
+    if packed is None:
         return completion_logits(model, model_kwargs, completion_mask)
     start = int(packed["columns"].min())
+    outputs = model(**packed["model_kwargs"], logits_to_keep=packed["input_ids"].size(1) - start)
+    logits = outputs.logits[packed["rows"], packed["columns"] - start]
+    return CompletionLogits(logits, *_plain_labels_and_mask(model_kwargs, completion_mask)), outputs
+
+
+def completion_hidden_shared_prompt(model, model_kwargs: dict, completion_mask: Tensor):
+    """`logprobs.completion_hidden` through packed rows when the batch and model allow it, else the plain path:
+    the decoder's hidden states at the positions that predict completion tokens, in the plain path's order."""
+    packed = _packed(model, model_kwargs, completion_mask)
+    if packed is None:
+        return completion_hidden(model, model_kwargs, completion_mask)
+    with last_hidden_state(model) as box:
+        outputs = model(**packed["model_kwargs"], logits_to_keep=1)
+    hidden = box["hidden"][packed["rows"], packed["columns"]]
+    return CompletionHidden(hidden, *_plain_labels_and_mask(model_kwargs, completion_mask)), outputs
+
+
+def _packed(model, model_kwargs: dict, completion_mask: Tensor) -> dict | None:
+    """`pack_pairs` of the batch with the model's call arguments under `model_kwargs` (the 4-D mask in the form the
+    model's attention takes), or None when the batch or the model cannot take packed rows."""
+    packed = pack_pairs(model_kwargs["input_ids"], model_kwargs["attention_mask"], completion_mask)
+    if packed is None or not supports_shared_prompt(model) or "output_router_logits" in model_kwargs:
+        return None
     mask = packed["mask"]
     unwrapped = extract_model_from_parallel(model)
     if unwrapped.config._attn_implementation == "eager":  # eager attention adds its mask
         dtype = unwrapped.get_input_embeddings().weight.dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    outputs = model(
-        input_ids=packed["input_ids"],
-        attention_mask=mask,
-        position_ids=packed["position_ids"],
-        use_cache=False,
-        logits_to_keep=packed["input_ids"].size(1) - start,
-    )
-    logits = outputs.logits[packed["rows"], packed["columns"] - start]
+    packed["model_kwargs"] = {
+        "input_ids": packed["input_ids"],
+        "attention_mask": mask,
+        "position_ids": packed["position_ids"],
+        "use_cache": False,
+    }
+    return packed
+
+
+def _plain_labels_and_mask(model_kwargs: dict, completion_mask: Tensor) -> tuple[Tensor, Tensor]:
     plain_mask = completion_mask[:, 1:].bool()
-    labels = model_kwargs["input_ids"][:, 1:][plain_mask]
-    return CompletionLogits(logits, labels, plain_mask), outputs
+    return model_kwargs["input_ids"][:, 1:][plain_mask], plain_mask

@@ -54,6 +54,7 @@ RUN_SETTING_RANGES = {
     "warmup_steps": (_finite_at_least(0.0), "a number >= 0"),
     "max_length": (_integer_at_least(2), "an integer >= 2 (prompt and completion tokens), or unset"),
     "max_weight_growth": (_finite_at_least(0.0), "a finite number >= 0"),
+    "logits_block_size": (_integer_at_least(1), "an integer >= 1, or unset for the automatic size"),
 }
 
 
@@ -126,6 +127,23 @@ class PreferenceConfig(DPOConfig):
             "help": "Plugin objectives: encode each pair's prompt once, packing [prompt | chosen | rejected] into one "
             "row with a 4-D attention mask (same log-probs, fewer tokens). Falls back to TRL's two rows per pair for "
             "models other than Llama/Qwen2/Qwen3 with sdpa or eager attention, and for batches it cannot pack."
+        },
+    )
+    chunked_head: bool = field(
+        default=True,
+        metadata={
+            "help": "Plugin objectives: compute log π(y_t) (and TDPO's per-position KL) from the models' hidden states "
+            "and LM heads a block of positions at a time, recomputing each block's logits in backward, so no "
+            "(completion positions × vocabulary) logits are held (objectives/chunked_head.py). Same numbers as the "
+            "full logits; models whose head cannot take this path (LoRA on lm_head, DeepSpeed ZeRO-3) fall back to "
+            "full logits at completion positions, with a log line saying why. False: always full logits."
+        },
+    )
+    logits_block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Positions per block of the chunked head. Unset: the largest power of two (16 to 4096) whose four "
+            "float32 block × vocabulary tensors fit 256 MiB: 256 at a vocabulary of 49k, 64 at 262k."
         },
     )
     ref_model_name_or_path: str | None = field(

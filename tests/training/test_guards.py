@@ -11,17 +11,16 @@ from dpo_plugin import PreferenceConfig, PreferenceTrainer
 from dpo_plugin.training.guards import NonFiniteTrainingError, gradients_are_finite, weights_are_finite
 
 
-def poison_forward(model, calls: set[int]):
-    """Make the model's output NaN on the given forward calls (1-based), as an overflow would."""
-    count = {"n": 0}
+def poison_steps(trainer, steps: set[int]):
+    """Make the policy's hidden states NaN, as an overflow would, in the forward passes of the given optimizer
+    steps (1-based); passes without gradients (the reference, checks) are left alone."""
 
     def hook(module, args, output):
-        count["n"] += 1
-        if count["n"] in calls:
-            output.logits = output.logits * float("nan")
+        if torch.is_grad_enabled() and trainer.state.global_step + 1 in steps:
+            output.last_hidden_state = output.last_hidden_state * float("nan")
         return output
 
-    model.register_forward_hook(hook)
+    trainer.model.get_decoder().register_forward_hook(hook)
 
 
 def trainer_with_nan(tokenizer, pairs, tmp_path, calls, **overrides):
@@ -30,7 +29,7 @@ def trainer_with_nan(tokenizer, pairs, tmp_path, calls, **overrides):
     trainer = PreferenceTrainer(
         model=make_model(len(tokenizer)), args=args, train_dataset=pairs, processing_class=tokenizer
     )
-    poison_forward(trainer.model, calls)  # the policy only: one forward per step
+    poison_steps(trainer, calls)
     return trainer
 
 

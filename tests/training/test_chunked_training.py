@@ -1,0 +1,138 @@
+"""The trainer's chunked head against its full-logit path on the same batch: the loss, every logged metric and the
+gradient of every trainable parameter, for every objective, packed and unpacked, at several block sizes; rows with
+no completion token; tied embeddings; soft-capped logits; and the fallbacks, which say why."""
+
+import copy
+import logging
+
+import pytest
+import torch
+from conftest import make_model, tiny_args
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+from dpo_plugin import PreferenceConfig, PreferenceTrainer
+
+OBJECTIVES = {
+    "dpo": {"loss_type": "dpo"},
+    "cdpo": {"loss_type": "dpo", "label_smoothing": 0.2},
+    "reference-free": {"loss_type": "dpo", "reference_free": True},
+    "ipo-averaged": {"loss_type": "ipo"},
+    "ipo-summed": {"loss_type": "ipo", "ipo_normalize": False},
+    "tdpo1": {"loss_type": "tdpo1"},
+    "tdpo2": {"loss_type": "tdpo2", "tdpo_alpha": 0.7},
+}
+
+
+def one_step(model, ref_model, tokenizer, pairs, tmp_path, mask_rows=(), **settings):
+    """Loss, logged metrics and gradients of one training batch (no optimizer step)."""
+    args = tiny_args(PreferenceConfig, tmp_path, **settings)
+    trainer = PreferenceTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=pairs, processing_class=tokenizer
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    for row in mask_rows:  # a completion cut away entirely by truncation
+        batch["completion_mask"][row] = 0
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.item(), metrics, grads, trainer
+
+
+def assert_same_step(chunked, full, rtol=1e-5):
+    (loss_c, metrics_c, grads_c, _), (loss_f, metrics_f, grads_f, _) = chunked, full
+    assert loss_c == pytest.approx(loss_f, rel=rtol, abs=1e-7)
+    assert metrics_c.keys() == metrics_f.keys()
+    for key in metrics_f:
+        assert metrics_c[key] == pytest.approx(metrics_f[key], rel=rtol, abs=1e-6), key
+    for name in grads_f:
+        scale = grads_f[name].abs().max().clamp(min=1e-12)
+        assert ((grads_c[name] - grads_f[name]).abs().max() / scale).item() <= rtol, name
+
+
+def both_paths(tokenizer, pairs, tmp_path, model=None, **settings):
+    model = model if model is not None else make_model(len(tokenizer))
+    ref = None if settings.get("reference_free") else make_model(len(tokenizer), seed=1)
+    results = []
+    for chunked in (True, False):
+        results.append(
+            one_step(
+                copy.deepcopy(model),
+                copy.deepcopy(ref),
+                tokenizer,
+                pairs,
+                tmp_path / str(chunked),
+                chunked_head=chunked,
+                **settings,
+            )
+        )
+    return results
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES), ids=sorted(OBJECTIVES))
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["packed", "two-rows"])
+def test_every_objective_computes_the_same_step(objective, share_prompt, tokenizer, pairs, tmp_path):
+    chunked, full = both_paths(
+        tokenizer, pairs, tmp_path, logits_block_size=7, share_prompt=share_prompt, **OBJECTIVES[objective]
+    )
+    assert chunked[3]._heads and all(head is not None for head in chunked[3]._heads.values())  # it took the path
+    assert not full[3]._heads
+    assert_same_step(chunked, full)
+
+
+@pytest.mark.parametrize("block_size", [1, 1000, None], ids=["block-1", "block-past-the-batch", "automatic"])
+@pytest.mark.parametrize("objective", ["dpo", "tdpo2"])
+def test_any_block_size_computes_the_same_step(block_size, objective, tokenizer, pairs, tmp_path):
+    assert_same_step(*both_paths(tokenizer, pairs, tmp_path, logits_block_size=block_size, **OBJECTIVES[objective]))
+
+
+@pytest.mark.parametrize("objective", ["dpo", "tdpo2"])
+def test_rows_with_no_completion_token_compute_the_same_step(objective, tokenizer, pairs, tmp_path):
+    assert_same_step(*both_paths(tokenizer, pairs, tmp_path, mask_rows=(1, 5), **OBJECTIVES[objective]))
+
+
+def test_tied_embeddings_get_the_gradient_of_both_uses(tokenizer, pairs, tmp_path):
+    model = make_model(len(tokenizer))
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert_same_step(*both_paths(tokenizer, pairs, tmp_path, model=model, loss_type="tdpo2"))
+
+
+def test_soft_capped_logits_take_the_chunked_path(tokenizer, pairs, tmp_path):
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        final_logit_softcapping=2.0,
+        max_position_embeddings=256,
+        sliding_window=16,
+    )
+    chunked, full = both_paths(tokenizer, pairs, tmp_path, model=Gemma3ForCausalLM(config), loss_type="tdpo2")
+    assert chunked[3]._heads[id(chunked[3].model)].transform.softcap == 2.0
+    assert_same_step(chunked, full)
+
+
+def test_a_model_whose_logits_the_head_cannot_reproduce_falls_back_and_says_why(tokenizer, pairs, tmp_path, caplog):
+    """A forward that changes the logits in a way no config key says (TRL refuses LoRA on lm_head, the other way a
+    head stops being plain): the once-per-model check catches it, and the step is the full-logit path's."""
+
+    class DoubledLogits(type(make_model(len(tokenizer)))):
+        def forward(self, *args, **kwargs):
+            outputs = super().forward(*args, **kwargs)
+            outputs.logits = outputs.logits * 2
+            return outputs
+
+    model = make_model(len(tokenizer))
+    model.__class__ = DoubledLogits
+    with caplog.at_level(logging.WARNING, logger="dpo_plugin"):
+        chunked, full = both_paths(tokenizer, pairs, tmp_path, model=model, loss_type="dpo")
+    assert "falls back to full logits" in caplog.text and "do not reproduce the model's own logits" in caplog.text
+    assert chunked[3]._heads[id(chunked[3].model)] is None  # the policy falls back; its plain reference need not
+    assert_same_step(chunked, full)
