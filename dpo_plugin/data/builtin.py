@@ -13,6 +13,7 @@ BUILTIN_SPLITS = ("train", "test")
 # name -> `function(split) -> Dataset`, or the "module:function" that defines it.
 BUILTIN_DATASETS: dict[str, str | Callable[[str], Dataset]] = {
     "sentiment-pairs": "dpo_plugin.tasks.sentiment.pairs:sentiment_pairs",
+    "review-pairs": "dpo_plugin.tasks.sentiment.pairs:review_pairs",
     "sentiment-generation": "dpo_plugin.tasks.sentiment.generation:sentiment_generation_split",
 }
 

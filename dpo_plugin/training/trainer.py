@@ -236,10 +236,12 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             with torch.no_grad(), self.reference_context():
                 reference, _ = self._completion_hidden(self.reference.model, ref_kwargs, completion_mask)
             ref_head = self._heads[id(self.reference.model)]
-            per = chunked_head(policy.hidden, policy.labels, head, block_size, reference.hidden, ref_head)
+            with self.accelerator.autocast():  # the precision the models' own heads run in (accelerate wraps forward)
+                per = chunked_head(policy.hidden, policy.labels, head, block_size, reference.hidden, ref_head)
             ref_logps, seq_kl = policy.sequence_sum(per.ref_logps), policy.sequence_sum(per.kl)
         else:
-            per = chunked_head(policy.hidden, policy.labels, head, block_size)
+            with self.accelerator.autocast():
+                per = chunked_head(policy.hidden, policy.labels, head, block_size)
             ref_logps = self._ref_logps(inputs, completion_mask)
         return _PolicyPass(
             logps=policy.sequence_sum(per.logps),

@@ -53,7 +53,7 @@ def _key_value_pairs(items: list[str], accepts: Callable[[str], bool]) -> list[s
 def unknown_keys_message(unknown: list[str], parser) -> str:
     """'unknown key(s) …' naming each, with the nearest key the parser knows where one is close."""
     known = [option[2:] for option in parser._option_string_actions if option.startswith("--")]
-    keys = [item[2:].split("=")[0] for item in unknown if item.startswith("--")] or unknown
+    keys = list(dict.fromkeys(item[2:].split("=")[0] for item in unknown if item.startswith("--"))) or unknown
     described = []
     for key in keys:
         nearest = difflib.get_close_matches(key.replace("-", "_"), known, n=1, cutoff=0.75)

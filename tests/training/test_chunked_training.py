@@ -8,7 +8,8 @@ import logging
 import pytest
 import torch
 from conftest import make_model, tiny_args
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+from peft import LoraConfig
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, TrainerCallback
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
 
@@ -23,21 +24,39 @@ OBJECTIVES = {
 }
 
 
-def one_step(model, ref_model, tokenizer, pairs, tmp_path, mask_rows=(), **settings):
-    """Loss, logged metrics and gradients of one training batch (no optimizer step)."""
-    args = tiny_args(PreferenceConfig, tmp_path, **settings)
+class GradientsBeforeTheStep(TrainerCallback):
+    """Keeps every trainable parameter's gradient just before the first optimizer step."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def one_step(model, ref_model, tokenizer, pairs, tmp_path, mask_rows=(), peft_config=None, **settings):
+    """Loss, logged metrics and gradients of one real training step (the trainer's own loop, no clipping)."""
+    args = tiny_args(PreferenceConfig, tmp_path, max_steps=1, max_grad_norm=0.0, **settings)
+    capture = GradientsBeforeTheStep()
     trainer = PreferenceTrainer(
-        model=model, ref_model=ref_model, args=args, train_dataset=pairs, processing_class=tokenizer
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[capture],
     )
-    batch = next(iter(trainer.get_train_dataloader()))
-    for row in mask_rows:  # a completion cut away entirely by truncation
-        batch["completion_mask"][row] = 0
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
-    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
-    return loss.item(), metrics, grads, trainer
+    collate = trainer.data_collator
+
+    def collate_with_masked_rows(rows):  # completions cut away entirely by truncation
+        batch = collate(rows)
+        for row in mask_rows:
+            batch["completion_mask"][row] = 0
+        return batch
+
+    trainer.data_collator = collate_with_masked_rows
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    metrics = {key: value for key, value in logged.items() if key not in ("loss", "grad_norm", "epoch", "step")}
+    return logged["loss"], metrics, capture.grads, trainer
 
 
 def assert_same_step(chunked, full, rtol=1e-5):
@@ -90,6 +109,30 @@ def test_any_block_size_computes_the_same_step(block_size, objective, tokenizer,
 @pytest.mark.parametrize("objective", ["dpo", "tdpo2"])
 def test_rows_with_no_completion_token_compute_the_same_step(objective, tokenizer, pairs, tmp_path):
     assert_same_step(*both_paths(tokenizer, pairs, tmp_path, mask_rows=(1, 5), **OBJECTIVES[objective]))
+
+
+@pytest.mark.parametrize("objective", ["dpo", "tdpo2"])
+def test_a_lora_policy_under_bf16_autocast_computes_the_same_step(objective, tokenizer, pairs, tmp_path):
+    """The reference is the policy with its adapters off, and the head runs in the autocast dtype the model's own
+    head runs in (accelerate wraps the model's forward, not the code around it): at step one, exactly the reference."""
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model = make_model(len(tokenizer))
+    results = [
+        one_step(
+            copy.deepcopy(model),
+            None,
+            tokenizer,
+            pairs,
+            tmp_path / str(chunked),
+            peft_config=lora,
+            chunked_head=chunked,
+            bf16=True,
+            **OBJECTIVES[objective],
+        )
+        for chunked in (True, False)
+    ]
+    assert results[0][1]["rewards/margins"] == results[1][1]["rewards/margins"] == 0.0
+    assert_same_step(*results, rtol=1e-3)
 
 
 def test_tied_embeddings_get_the_gradient_of_both_uses(tokenizer, pairs, tmp_path):

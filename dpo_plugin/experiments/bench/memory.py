@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ...objectives.losses import OBJECTIVES
 from ...training.config import REF_QUANTIZATIONS
 from ...training.recipe import build_trainer, parse_recipe
 from ...utils.atomic import write_json
@@ -38,6 +39,18 @@ class MemoryBenchArguments:
         default_factory=lambda: list(REF_QUANTIZATIONS),
         metadata={"help": f"Reference quantizations to compare, each in its own process: {list(REF_QUANTIZATIONS)}."},
     )
+    bench_versus_trl: bool = field(
+        default=False,
+        metadata={
+            "help": "Instead of reference quantizations: per objective of bench_objectives, TRL's DPOTrainer (its "
+            "nearest loss), PreferenceTrainer with the chunked head, and with full logits, each in a fresh process "
+            "on the same batches (`bench/heads.py`)."
+        },
+    )
+    bench_objectives: list[str] = field(
+        default_factory=lambda: ["dpo", "ipo", "tdpo2"],
+        metadata={"help": f"With bench_versus_trl: the plugin objectives to compare, of {list(OBJECTIVES)}."},
+    )
     bench_steps: int = field(default=4, metadata={"help": "Optimizer steps of the short training run per mode."})
     bench_output: str = field(
         default="outputs/bench_memory.json", metadata={"help": "Where the JSON results are written."}
@@ -49,11 +62,18 @@ class MemoryBenchArguments:
             raise ValueError(f"bench_modes {self.bench_modes} must be a non-empty list of {list(REF_QUANTIZATIONS)}.")
         if self.bench_steps < 1:
             raise ValueError(f"bench_steps must be >= 1, got {self.bench_steps}.")
+        unknown = [name for name in self.bench_objectives if name not in OBJECTIVES]
+        if unknown or not self.bench_objectives:
+            raise ValueError(f"bench_objectives {self.bench_objectives} must name some of {list(OBJECTIVES)}.")
 
 
 def memory(argv: list[str]) -> dict:
     """Train the recipe briefly once per reference quantization and compare memory; print a table, write JSON."""
     *_, bench_args = parse_recipe(argv, extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory")
+    if bench_args.bench_versus_trl:
+        from .heads import versus_trl
+
+        return versus_trl(argv, bench_args)
     spawn = multiprocessing.get_context("spawn")
     rows = []
     for index, mode in enumerate(bench_args.bench_modes, 1):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
@@ -20,7 +20,7 @@ import torch
 from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
-from trl import DPOConfig, DPOTrainer, get_peft_config
+from trl import get_peft_config
 
 from ...objectives.logprobs import log_probs_from_logits, token_logps
 from ...objectives.losses import OBJECTIVES, dpo_loss
@@ -29,8 +29,7 @@ from ...training.reference import Reference, choose_reference
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from . import library_progress_bars_off
-
-TRL_COUNTERPART = {"dpo": "sigmoid", "ipo": "ipo", "tdpo1": "sigmoid", "tdpo2": "sigmoid"}
+from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 
 
 @dataclass
@@ -180,7 +179,7 @@ def _contenders(argv, bench_args, steps_per_turn: int, output_dir: str):
             pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         trl_loss = TRL_COUNTERPART[objective]
         contenders[f"{objective}: TRL DPOTrainer ({trl_loss})"] = TrainerContender(
-            _trl_trainer(plugin, train_pairs, model_args, args, trl_loss)
+            trl_dpo_trainer(train_pairs, model_args, args, objective)
         )
         contenders[f"{objective}: PreferenceTrainer"] = TrainerContender(plugin)
     return contenders, step_tokens, pairs_per_step
@@ -208,33 +207,6 @@ def _raw_bound(plugin, batches, model_args, args) -> RawBound:
     separate = plugin.reference is not None and plugin.reference.separate
     reference = choose_reference(policy, plugin.accelerator.unwrap_model(plugin.ref_model) if separate else None)
     return RawBound(policy, reference, batches, args)
-
-
-def _trl_trainer(plugin, train_pairs, model_args, args, loss_type: str) -> DPOTrainer:
-    """TRL's DPOTrainer with the recipe's settings and a reference of the same precision as the plugin's."""
-    config = {f.name: getattr(args, f.name) for f in fields(DPOConfig) if f.init}
-    config["loss_type"] = [loss_type]
-    trl_args = DPOConfig(**config)
-    policy, tokenizer = load_policy(model_args, args.device)
-    ref_model = None
-    if args.builds_reference:
-        ref_model = choose_reference(
-            policy,
-            checkpoint=plugin.reference.checkpoint,
-            quantization=args.ref_quantization,
-            compute_dtype=args.ref_bnb_4bit_compute_dtype,
-            double_quant=args.ref_bnb_4bit_use_double_quant,
-            tokenizer=tokenizer,
-            device=args.device,
-        ).model
-    return DPOTrainer(
-        model=policy,
-        ref_model=ref_model,
-        args=trl_args,
-        train_dataset=train_pairs,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
 
 
 def _rows(times: dict[str, list[float]], objectives: list[str], pairs_per_step: int, tokens_per_step: float):

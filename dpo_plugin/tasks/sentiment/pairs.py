@@ -1,5 +1,5 @@
-"""`sentiment-pairs`: attribute pairs from Pang & Lee's human sentiment labels, and the sentence split every part
-of the sentiment task shares."""
+"""`sentiment-pairs` and `review-pairs`: attribute pairs from Pang & Lee's human sentiment labels (one-sentence and
+full reviews), and the sentence split every part of the sentiment task shares."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ SENTIMENT_PROMPTS = {
     1: "Write a positive one-sentence movie review.",
     -1: "Write a negative one-sentence movie review.",
 }
+REVIEW_PROMPTS = {1: "Write a positive movie review.\n", -1: "Write a negative movie review.\n"}
+REVIEW_PAIRS_SEED = 20240601
 
 
 def sentiment_pairs(split: str) -> Dataset:
@@ -32,18 +34,39 @@ def sentiment_pairs(split: str) -> Dataset:
     with a stable ``id`` column such as ``"sp-train-00042"``; identical on every run and machine.
     """
     rng = random.Random(SENTIMENT_PAIRS_SEED)
-    split_texts = sentence_splits(rng)[split]
+    rows = _attribute_pairs(
+        sentence_splits(rng)[split], SENTIMENT_PROMPTS, SENTIMENT_PAIRS_PARTNERS, rng, _conversation
+    )
+    return Dataset.from_list([{"id": f"sp-{split}-{index:05d}", **row} for index, row in enumerate(rows)])
 
+
+def review_pairs(split: str) -> Dataset:
+    """Attribute pairs from human labels on the 1,500 Pang & Lee full reviews: for "Write a positive movie review."
+    a review people labelled positive is chosen over one labelled negative, and the mirror. As `sentiment_pairs`,
+    with one partner: each label's reviews are split 75/25 (seed `REVIEW_PAIRS_SEED`) before pairing, 1,124 train
+    and 376 test pairs. String (standard) format, so any tokenizer reads it, chat template or not; completions run to
+    hundreds of tokens (truncated by `max_length`), the long completions a memory benchmark needs."""
+    rng = random.Random(REVIEW_PAIRS_SEED)
+    reviews = read_polarity("reviews")
+    texts = {
+        label: _split_held_out([r.text for r in reviews if r.label == label], rng)[split] for label in REVIEW_PROMPTS
+    }
+    rows = _attribute_pairs(texts, REVIEW_PROMPTS, 1, rng, lambda p, c, r: {"prompt": p, "chosen": c, "rejected": r})
+    return Dataset.from_list([{"id": f"rp-{split}-{index:05d}", **row} for index, row in enumerate(rows)])
+
+
+def _attribute_pairs(texts: dict[int, list[str]], prompts: dict[int, str], partners: int, rng, make_row) -> list[dict]:
+    """Per prompt, each text of the asked-for label chosen over `partners` texts of the other (a seeded shuffle, then
+    cyclic shifts of it), the rows in a seeded random order."""
     rows = []
     for wanted, unwanted in ((1, -1), (-1, 1)):
-        rejected_texts = list(split_texts[unwanted])
+        rejected_texts = list(texts[unwanted])
         rng.shuffle(rejected_texts)
-        for shift in range(SENTIMENT_PAIRS_PARTNERS):
-            partners = rejected_texts[shift:] + rejected_texts[:shift]
-            pairs = zip(split_texts[wanted], partners, strict=True)
-            rows += [_conversation(SENTIMENT_PROMPTS[wanted], chosen, rejected) for chosen, rejected in pairs]
+        for shift in range(partners):
+            shifted = rejected_texts[shift:] + rejected_texts[:shift]
+            rows += [make_row(prompts[wanted], c, r) for c, r in zip(texts[wanted], shifted, strict=False)]
     rng.shuffle(rows)
-    return Dataset.from_list([{"id": f"sp-{split}-{index:05d}", **row} for index, row in enumerate(rows)])
+    return rows
 
 
 def sentence_splits(rng: random.Random | None = None) -> dict[str, dict[int, list[str]]]:

@@ -1,0 +1,102 @@
+"""`dpo-plugin bench memory --bench_versus_trl true`: the objective head against TRL's, per objective.
+
+Each contender trains the recipe for `bench_steps` steps in a fresh process, on the same batches: TRL's
+`DPOTrainer` with its nearest loss (its fused, tiled LM head), `PreferenceTrainer` with the chunked head, and with
+full logits at completion positions. Reported: the growth of peak resident memory while training (on a GPU, peak
+CUDA memory too), seconds per step, and the last logged loss, to show they compute the same thing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from ...data.loading import first_rows
+from ...training.recipe import build_trainer, load_split, parse_recipe
+from ...utils.atomic import write_json
+from ...utils.devices import device_name
+from . import library_progress_bars_off
+from .memory import MB, MemoryBenchArguments, PeakRSS, current_rss_bytes, release_freed_memory
+from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
+
+CONTENDERS = ("TRL DPOTrainer", "PreferenceTrainer, chunked head", "PreferenceTrainer, full logits")
+
+
+def versus_trl(argv: list[str], bench_args) -> dict:
+    """Every contender of every objective in its own process; print a table and write JSON."""
+    spawn = multiprocessing.get_context("spawn")
+    plan = [(objective, contender) for objective in bench_args.bench_objectives for contender in CONTENDERS]
+    rows = []
+    for index, (objective, contender) in enumerate(plan, 1):
+        print(f"[{index}/{len(plan)}] {objective}: {contender}, {bench_args.bench_steps} training steps")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as fresh_process:
+            job = fresh_process.submit(measure_contender, argv, objective, contender, bench_args.bench_steps)
+            rows.append(job.result())
+    results = {"argv": argv, "device": device_name(), "contenders": rows}
+    print(heads_table(rows))
+    write_json(Path(bench_args.bench_output), results)
+    print(f"Wrote {bench_args.bench_output}")
+    return results
+
+
+def measure_contender(argv: list[str], objective: str, contender: str, steps: int) -> dict:
+    """In this (fresh) process: build `contender` for `objective` from the recipe, train `steps` steps, measure."""
+    library_progress_bars_off()
+    with tempfile.TemporaryDirectory() as output_dir:
+        overrides = ["--loss_type", objective, "--max_steps", str(steps), "--output_dir", output_dir]
+        overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
+        overrides += ["--logging_steps", "1", "--chunked_head", str(contender.endswith("chunked head")).lower()]
+        data_args, args, model_args, *_ = parse_recipe([*argv, *overrides], extra=(MemoryBenchArguments,))
+        if contender == CONTENDERS[0]:
+            train_split = load_split(data_args, data_args.dataset_train_split, args.seed)
+            trainer = trl_dpo_trainer(first_rows(train_split, data_args.max_train_pairs), model_args, args, objective)
+        else:
+            trainer, _, _ = build_trainer(data_args, args, model_args)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        release_freed_memory()
+        setup_rss = current_rss_bytes()
+        started = time.perf_counter()
+        with PeakRSS() as training_peak:
+            trainer.train()
+        seconds = time.perf_counter() - started
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "objective": objective,
+        "contender": contender,
+        "trl_loss": TRL_COUNTERPART[objective] if contender == CONTENDERS[0] else None,
+        "rss_after_setup_bytes": setup_rss,
+        "peak_rss_growth_bytes": training_peak.bytes - setup_rss,
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "seconds_per_step": seconds / steps,
+        "losses": losses,
+    }
+
+
+def heads_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table, each memory figure also as a fraction of TRL's for the same objective."""
+    trl = {row["objective"]: row for row in rows if row["contender"] == CONTENDERS[0]}
+    lines = [
+        "| objective | contender | peak RSS growth MB | × TRL's | peak CUDA MB | × TRL's | s/step | last loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        base = trl.get(row["objective"])
+        growth = row["peak_rss_growth_bytes"]
+        ratio = f"{growth / base['peak_rss_growth_bytes']:.2f}" if base and base["peak_rss_growth_bytes"] else ""
+        cuda, cuda_ratio = "—", ""
+        if row["peak_cuda_bytes"] is not None:
+            cuda = f"{row['peak_cuda_bytes'] / MB:.0f}"
+            cuda_ratio = f"{row['peak_cuda_bytes'] / base['peak_cuda_bytes']:.2f}" if base else ""
+        name = f"{row['contender']} ({row['trl_loss']})" if row["trl_loss"] else row["contender"]
+        loss = f"{row['losses'][-1]:.4f}" if row["losses"] else "—"
+        lines.append(
+            f"| {row['objective']} | {name} | {growth / MB:.0f} | {ratio} | {cuda} | {cuda_ratio} "
+            f"| {row['seconds_per_step']:.2f} | {loss} |"
+        )
+    return "\n".join(lines)
