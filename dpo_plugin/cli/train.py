@@ -32,10 +32,14 @@ def train(argv: list[str]) -> dict | None:
 
     with removed_if_left_empty(training_args.output_dir):  # a run that fails before writing anything leaves no trace
         trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+        tokenizer = trainer.processing_class
+        heldout = None
+        if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
+            heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
+        reference_scores = _precomputed_reference_scores(trainer, heldout, data_args.heldout_batch_size)
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
-    tokenizer = trainer.processing_class
     if trainer.interrupted_by is not None:
         _exit_interrupted(trainer, argv)
     trainer.save_model(training_args.output_dir)
@@ -47,12 +51,12 @@ def train(argv: list[str]) -> dict | None:
         "train_seconds": round(train_seconds, 1),
         "log_history": trainer.state.log_history,
     }
-    if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
+    if heldout is not None:
         started = time.perf_counter()
-        pairs = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
         batch_size = data_args.heldout_batch_size
-        accuracy = preference_accuracies(*heldout_scorers(trainer, batch_size), pairs, batch_size)
-        report = EvaluationReport(pairs=len(pairs), accuracy=accuracy)
+        policy, reference = heldout_scorers(trainer, batch_size)
+        accuracy = preference_accuracies(policy, reference_scores or reference, heldout, batch_size)
+        report = EvaluationReport(pairs=len(heldout), accuracy=accuracy)
         results["heldout"] = report.to_dict()
         results["heldout_seconds"] = round(time.perf_counter() - started, 1)
         print(report.table())
@@ -65,16 +69,34 @@ def train(argv: list[str]) -> dict | None:
     return results
 
 
-def heldout_scorers(trainer, batch_size: int = 16) -> tuple:
-    """`SequenceScorer`s of the trained policy and of the reference it trained against, in training precision."""
-    from ..evaluation.scoring import SequenceScorer
+def _precomputed_reference_scores(trainer, heldout, batch_size: int):
+    """With precomputed reference log-probs no reference is held while training: the held-out pairs' reference
+    log-probs are computed in the same pass, from the policy before it trains (`FrozenScores`); else None."""
+    from ..evaluation.scoring import FrozenScores, SequenceScorer
     from ..training.reference import INITIAL_POLICY
 
-    if trainer.reference is None or trainer.reference.kind == INITIAL_POLICY:
+    if heldout is None or trainer.reference is None or trainer.reference.kind != INITIAL_POLICY:
+        return None
+    scorer = SequenceScorer(
+        trainer.reference.model,
+        trainer.processing_class,
+        trainer.args.max_length,
+        batch_size,
+        trainer.reference_context,
+    )
+    prompts = list(heldout["prompt"]) * 2
+    return FrozenScores(scorer, prompts, list(heldout["chosen"]) + list(heldout["rejected"]))
+
+
+def heldout_scorers(trainer, batch_size: int = 16) -> tuple:
+    """`SequenceScorer`s of the trained policy and of the reference it trained against, in training precision (the
+    reference's is of no use after a run with precomputed log-probs: see `_precomputed_reference_scores`)."""
+    from ..evaluation.scoring import SequenceScorer
+
+    if trainer.reference is None:
         raise ValueError(
-            "Scoring against the reference needs it in memory, but this run keeps none (full fine-tuning with "
-            "reference_free or precompute_ref_log_probs). Pass a ref_model, train LoRA adapters, or use "
-            "`dpo-plugin eval` with ref_model_name_or_path."
+            "Scoring against the reference needs one, but this run is reference_free: use `dpo-plugin eval` with "
+            "ref_model_name_or_path."
         )
     policy = trainer.accelerator.unwrap_model(trainer.model).eval()
     max_length = trainer.args.max_length

@@ -98,6 +98,21 @@ class SequenceScorer:
         }
 
 
+class FrozenScores:
+    """log π(y|x) of given text pairs, scored once by `scorer` now and served from memory after: the reference of a
+    run that holds none while training (precomputed log-probs), scored before the policy moves. A pair it was not
+    given is a `KeyError`, never a score from whatever the model has become."""
+
+    def __init__(self, scorer: SequenceScorer, prompts: Sequence[str], completions: Sequence[str]):
+        scores = scorer(prompts, completions)
+        self._scores = dict(zip(zip(prompts, completions, strict=True), scores.tolist(), strict=True))
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        return torch.tensor(
+            [self._scores[pair] for pair in zip(prompts, completions, strict=True)], dtype=torch.float32
+        )
+
+
 def as_text(dataset, tokenizer):
     """Preference rows as the strings TRL tokenizes: conversational rows through the chat template (prompt with the
     generation prompt; completions the rest of the rendered conversation), string rows with EOS appended."""

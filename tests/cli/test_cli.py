@@ -145,3 +145,18 @@ def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_c
     assert state["step"] == 2 and (output / "adapter_model.safetensors").is_file()
     assert (output / "value_head.pt").is_file() and (output / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.rglob(".*"))
+
+
+def test_held_out_scoring_works_with_precomputed_reference_log_probs(tiny_checkpoint, tmp_path, caplog):
+    """No reference is held while training: the held-out pairs' reference log-probs come from the same pass before
+    training, so the run ranks them as a run with a live reference does."""
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    reports = {}
+    for precomputed in ("true", "false"):
+        run = tmp_path / f"precomputed-{precomputed}"
+        extra = ["--precompute_ref_log_probs", precomputed, "--heldout_eval_pairs", "6", "--learning_rate", "0.01"]
+        with caplog.at_level("INFO", logger="dpo_plugin"):
+            main(tiny_run(tiny_checkpoint, data, run, *extra))
+        reports[precomputed] = json.loads((run / "metrics.json").read_text())["heldout"]["accuracy"]
+    assert "no reference is held while training" in caplog.text
+    assert reports["true"] == reports["false"]

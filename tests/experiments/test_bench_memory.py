@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from conftest import make_pairs, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
+from dpo_plugin.experiments.bench.heads import CONTENDERS, heads_table
 from dpo_plugin.experiments.bench.memory import memory_table
 
 
@@ -13,13 +15,14 @@ def test_memory_bench_compares_reference_quantizations(tmp_path, capsys):
     data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4))
     output = tmp_path / "bench.json"
     _, *recipe = tiny_run(checkpoint, data, tmp_path / "unused")
-    bench = ["--bench_modes", "none", "nf4", "--bench_steps", "1", "--bench_output", str(output)]
+    bench = ["--bench_modes", "none", "nf4", "precomputed", "--bench_steps", "1", "--bench_output", str(output)]
     main(["bench", "memory", *recipe, *bench])
     rows = {row["ref_quantization"]: row for row in json.loads(output.read_text())["modes"]}
-    full, nf4 = rows["none"], rows["nf4"]
-    assert full["reference"] == nf4["reference"] == "separate model"
+    full, nf4, precomputed = rows["none"], rows["nf4"], rows["precomputed"]
+    assert precomputed["reference_bytes"] == 0 and "no reference is held while training" in precomputed["reference"]
+    assert full["reference"].startswith("a frozen copy") and nf4["reference"].startswith("NF4")
     assert 0 < nf4["reference_bytes"] < full["reference_bytes"] and nf4["policy_bytes"] == full["policy_bytes"]
-    for row in (full, nf4):
+    for row in (full, nf4, precomputed):
         assert row["policy_bytes"] < row["rss_after_setup_bytes"] <= row["peak_rss_training_bytes"]
         assert row["peak_rss_training_bytes"] <= row["peak_rss_bytes"]
     assert full["gap"] is None and nf4["gap"]["sequences"] > 0
@@ -36,3 +39,18 @@ def test_memory_table_ratios_are_to_the_full_precision_row():
         ]
     )
     assert "| none | 4.0 | 1.00 |" in table and "| nf4 | 1.2 | 0.30 |" in table
+
+
+def test_the_head_to_head_mode_runs_trl_the_chunked_head_and_full_logits_on_the_same_batches(tmp_path, capsys):
+    checkpoint = save_checkpoint(tmp_path / "tiny")
+    data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4))
+    output = tmp_path / "heads.json"
+    _, *recipe = tiny_run(checkpoint, data, tmp_path / "unused")
+    bench = ["--bench_versus_trl", "true", "--bench_objectives", "dpo", "--bench_steps", "2"]
+    main(["bench", "memory", *recipe, *bench, "--learning_rate", "0.01", "--bench_output", str(output)])
+    rows = json.loads(output.read_text())["contenders"]
+    assert [row["contender"] for row in rows] == list(CONTENDERS)
+    trl, chunked, full = (row["losses"] for row in rows)
+    assert chunked == pytest.approx(full, abs=1e-5) and chunked == pytest.approx(trl, abs=1e-4)  # same batches
+    assert all(row["peak_rss_growth_bytes"] > 0 and row["seconds_per_step"] > 0 for row in rows)
+    assert heads_table(rows) in capsys.readouterr().out

@@ -26,9 +26,11 @@ from ...training.config import REF_QUANTIZATIONS
 from ...training.recipe import build_trainer, parse_recipe
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
+from ...utils.quiet import quiet_library_warnings
 from . import library_progress_bars_off
 
 MB = 1e6
+BENCH_MODES = (*REF_QUANTIZATIONS, "precomputed")
 
 
 @dataclass
@@ -37,7 +39,10 @@ class MemoryBenchArguments:
 
     bench_modes: list[str] = field(
         default_factory=lambda: list(REF_QUANTIZATIONS),
-        metadata={"help": f"Reference quantizations to compare, each in its own process: {list(REF_QUANTIZATIONS)}."},
+        metadata={
+            "help": f"References to compare, each in its own process: a quantization of {list(REF_QUANTIZATIONS)}, "
+            "or `precomputed` (reference log-probs computed before training; none held while training)."
+        },
     )
     bench_versus_trl: bool = field(
         default=False,
@@ -57,9 +62,9 @@ class MemoryBenchArguments:
     )
 
     def __post_init__(self):
-        unknown = [mode for mode in self.bench_modes if mode not in REF_QUANTIZATIONS]
+        unknown = [mode for mode in self.bench_modes if mode not in BENCH_MODES]
         if unknown or not self.bench_modes:
-            raise ValueError(f"bench_modes {self.bench_modes} must be a non-empty list of {list(REF_QUANTIZATIONS)}.")
+            raise ValueError(f"bench_modes {self.bench_modes} must be a non-empty list of {list(BENCH_MODES)}.")
         if self.bench_steps < 1:
             raise ValueError(f"bench_steps must be >= 1, got {self.bench_steps}.")
         unknown = [name for name in self.bench_objectives if name not in OBJECTIVES]
@@ -88,11 +93,14 @@ def memory(argv: list[str]) -> dict:
 
 
 def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
-    """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode`, train `steps` steps, and
+    """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode` (or precomputed reference
+    log-probs, whose pass before training is outside the training peak), train `steps` steps, and
     return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
     library_progress_bars_off()
+    quiet_library_warnings()  # a fresh process: the CLI's filters are not inherited
     with tempfile.TemporaryDirectory() as output_dir:
-        overrides = ["--ref_quantization", mode, "--max_steps", str(steps), "--output_dir", output_dir]
+        reference = ["--precompute_ref_log_probs", "true"] if mode == "precomputed" else ["--ref_quantization", mode]
+        overrides = [*reference, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
         data_args, training_args, model_args, _, _ = parse_recipe(
             [*argv, *overrides], extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory"
@@ -110,7 +118,7 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
     reference = trainer.accelerator.unwrap_model(trainer.ref_model) if trainer.ref_model is not None else None
     return {
         "ref_quantization": mode,
-        "reference": "shared with the policy (adapters off)" if reference is None else "separate model",
+        "reference": trainer.reference.describe() if trainer.reference is not None else "none (reference-free)",
         "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
         "policy_bytes": policy.get_memory_footprint(),
         "rss_after_setup_bytes": setup_rss,
