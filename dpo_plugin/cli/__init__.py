@@ -17,11 +17,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import sys
-import warnings
 
 from ..utils.errors import UserError
+from ..utils.quiet import VERBOSE_ENV, quiet_library_warnings
 
 # command -> "module:function" that runs it with the command's arguments
 COMMANDS = {
@@ -43,19 +42,8 @@ USAGE = """usage: dpo-plugin {train,eval,ppo,compare,bench,assets} [--config rec
 
 `dpo-plugin <command> --help` lists a command's keys. --verbose (or DPO_PLUGIN_VERBOSE=1) shows library warnings;
 --debug (or DPO_PLUGIN_DEBUG=1) shows the traceback of every error."""
-VERBOSE_ENV, DEBUG_ENV = "DPO_PLUGIN_VERBOSE", "DPO_PLUGIN_DEBUG"
+DEBUG_ENV = "DPO_PLUGIN_DEBUG"
 USAGE_ERROR, INTERRUPTED = 2, 130
-
-# Warnings raised inside TRL, transformers and bitsandbytes that a user of this command cannot act on, by exact
-# message: TRL's configs default the deprecated `gradient_checkpointing` and TRL reads `is_gradient_checkpointing`;
-# bitsandbytes' CPU backend asks for the `kernels` package, which fetches kernels from a hub at run time.
-QUIET_WARNINGS = (
-    "`gradient_checkpointing` is deprecated and will be removed in v6. Use `activation_checkpointing` instead.",
-    "`gradient_checkpointing_kwargs` is deprecated and will be removed in v6. Use `activation_checkpointing_kwargs` "
-    "instead.",
-    "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead.",
-)
-QUIET_LOG_RECORDS = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(USAGE)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR)
-    if os.environ.get(VERBOSE_ENV) != "1":
-        quiet_library_warnings()
+    quiet_library_warnings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     command, (module, function) = argv[0], COMMANDS[argv[0]].split(":")
     try:
@@ -88,16 +75,6 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
         return f"{error.strerror or error}: {error.filename}"
     return str(error)
-
-
-def quiet_library_warnings() -> None:
-    """Hide `QUIET_WARNINGS` and `QUIET_LOG_RECORDS`, and nothing else, for the rest of this process."""
-    for message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)
-    for logger_name, prefix in QUIET_LOG_RECORDS.items():
-        logging.getLogger(logger_name).addFilter(
-            lambda record, prefix=prefix: not record.getMessage().startswith(prefix)
-        )
 
 
 if __name__ == "__main__":

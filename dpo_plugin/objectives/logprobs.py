@@ -5,7 +5,7 @@ Everything is computed in float32, whatever the dtype of the model's logits.
 
 import contextlib
 from collections.abc import Iterator
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
@@ -53,7 +53,22 @@ def token_kl(ref_log_probs: Tensor, policy_log_probs: Tensor) -> Tensor:
     return (ref_log_probs.exp() * (ref_log_probs - policy_log_probs)).sum(-1)
 
 
-class CompletionLogits(NamedTuple):
+class _AtCompletionPositions:
+    """What `CompletionLogits` and `CompletionHidden` share: `mask` (B, T), True at the N positions they hold."""
+
+    mask: Tensor
+
+    def scatter(self, values: Tensor) -> Tensor:
+        """Per-position values (N,) back into a (B, T) tensor that is zero off the completion."""
+        return scatter_positions(self.mask, values)
+
+    def sequence_sum(self, values: Tensor) -> Tensor:
+        """Σ over each sequence's completion positions of per-position values (N,) → (B,), float32."""
+        return scatter_positions(self.mask, values.float()).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class CompletionLogits(_AtCompletionPositions):
     """Logits at the N positions that predict completion tokens of a right-padded batch, and where they sit.
 
     `logits` (N, V) and `labels` (N,) are the selected positions; `mask` (B, T) is True at them.
@@ -63,30 +78,15 @@ class CompletionLogits(NamedTuple):
     labels: Tensor
     mask: Tensor
 
-    def scatter(self, values: Tensor) -> Tensor:
-        """Per-position values (N,) back into a (B, T) tensor that is zero off the completion."""
-        return scatter_positions(self.mask, values)
 
-    def sequence_sum(self, values: Tensor) -> Tensor:
-        """Σ over each sequence's completion positions of per-position values (N,) → (B,), float32."""
-        return scatter_positions(self.mask, values.float()).sum(dim=1)
-
-
-class CompletionHidden(NamedTuple):
+@dataclass(frozen=True)
+class CompletionHidden(_AtCompletionPositions):
     """The last hidden states (N, d) at the N positions that predict completion tokens, their `labels` (N,), and
     `mask` (B, T), as `CompletionLogits` has them, for the chunked head (`chunked_head.py`) to project."""
 
     hidden: Tensor
     labels: Tensor
     mask: Tensor
-
-    def scatter(self, values: Tensor) -> Tensor:
-        """Per-position values (N,) back into a (B, T) tensor that is zero off the completion."""
-        return scatter_positions(self.mask, values)
-
-    def sequence_sum(self, values: Tensor) -> Tensor:
-        """Σ over each sequence's completion positions of per-position values (N,) → (B,), float32."""
-        return scatter_positions(self.mask, values.float()).sum(dim=1)
 
 
 def scatter_positions(mask: Tensor, values: Tensor) -> Tensor:

@@ -140,7 +140,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             if builds_reference and reference.kind == CHECKPOINT and peft_config is not None:
                 self._warn_lora_with_separate_reference(reference, args)
         self.reference: Reference | None = reference  # TRL's __init__ may already run it (precomputed log-probs)
-        self._heads: dict[int, Head | None] = {}  # the chunked head of each model, by id (None: full logits)
+        self._chunked_ok: dict[int, bool] = {}  # whether each model (by id) takes the chunked head, checked once
         super().__init__(
             model,
             reference.model if reference is not None and reference.separate else None,
@@ -229,13 +229,13 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             return self._policy_pass_full_logits(model, model_kwargs, inputs, token_level)
         completion_mask = inputs["completion_mask"]
         policy, outputs = self._completion_hidden(model, model_kwargs, completion_mask)
-        head = self._heads[id(model)]
+        head = self._head(model)
         seq_kl = None
         if token_level:
             ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
             with torch.no_grad(), self.reference_context():
                 reference, _ = self._completion_hidden(self.reference.model, ref_kwargs, completion_mask)
-            ref_head = self._heads[id(self.reference.model)]
+            ref_head = self._head(self.reference.model)
             with self.accelerator.autocast():  # the precision the models' own heads run in (accelerate wraps forward)
                 per = chunked_head(policy.hidden, policy.labels, head, block_size, reference.hidden, ref_head)
             ref_logps, seq_kl = policy.sequence_sum(per.ref_logps), policy.sequence_sum(per.kl)
@@ -308,7 +308,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
                 selected, _ = self._completion_logits(model, model_kwargs, completion_mask)
                 return summed_logps(selected).chunk(2)
             selected, _ = self._completion_hidden(model, model_kwargs, completion_mask)
-            per = chunked_head(selected.hidden, selected.labels, self._heads[id(model)], block_size)
+            per = chunked_head(selected.hidden, selected.labels, self._head(model), block_size)
             return selected.sequence_sum(per.logps).chunk(2)
 
     def _completion_hidden(self, model, model_kwargs, completion_mask):
@@ -325,14 +325,19 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             return None
         models = [(model, role)] + ([(self.reference.model, "reference")] if token_level else [])
         for candidate, name in models:
-            if id(candidate) not in self._heads:
-                self._heads[id(candidate)] = self._checked_head(candidate, name, model_kwargs)
-            if self._heads[id(candidate)] is None:
+            if id(candidate) not in self._chunked_ok:
+                self._chunked_ok[id(candidate)] = self._head_checks_out(candidate, name, model_kwargs)
+            if not self._chunked_ok[id(candidate)]:
                 return None
-        vocab = self._heads[id(model)].weight.size(0)
+        vocab = extract_model_from_parallel(model).get_output_embeddings().weight.shape[0]
         return self.args.logits_block_size or auto_block_size(vocab)
 
-    def _checked_head(self, model, role: str, model_kwargs) -> Head | None:
+    @staticmethod
+    def _head(model) -> Head:
+        """`model`'s head for this step (gathered afresh under FSDP, whose sharded weights change every step)."""
+        return head_of(model)[0]
+
+    def _head_checks_out(self, model, role: str, model_kwargs) -> bool:
         head, reason = head_of(model)
         context = self.reference_context if role == "reference" else self.accelerator.autocast
         if head is not None and not head_matches_model(model, head, model_kwargs, context):
@@ -341,7 +346,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             logger.warning(
                 "The %s's objective head falls back to full logits at completion positions: %s.", role, reason
             )
-        return head
+        return head is not None
 
     def _completion_logits(self, model, model_kwargs, completion_mask):
         """`completion_logits`, through shared-prompt packing (`objectives/packing.py`) when `share_prompt` is on and

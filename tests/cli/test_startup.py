@@ -28,7 +28,7 @@ def test_help_and_the_maths_load_no_heavy_library():
 def test_only_the_named_library_warnings_are_hidden():
     code = (
         "import logging, warnings\n"
-        "from dpo_plugin.cli import QUIET_WARNINGS, quiet_library_warnings\n"
+        "from dpo_plugin.utils.quiet import QUIET_WARNINGS, quiet_library_warnings\n"
         "quiet_library_warnings()\n"
         "for message in QUIET_WARNINGS:\n"
         "    warnings.warn(message, FutureWarning)\n"

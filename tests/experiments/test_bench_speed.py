@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from conftest import make_pairs, save_checkpoint, tiny_run, write_splits
 
@@ -34,6 +35,11 @@ def test_speed_bench_times_trl_the_plugin_and_the_raw_bound(tmp_path, capsys):
     plugin = rows["dpo: PreferenceTrainer"]
     assert plugin["pairs_per_second"] == results["pairs_per_step"] / plugin["seconds_per_step"] > 0
     assert plugin["speedup_vs_trl"] > 0 and "step_time_vs_plugin_dpo" in rows["tdpo2: PreferenceTrainer"]
+    assert results["model_flops_per_step"] > 0 and results["matmul_flops_per_second"] > 0
+    assert plugin["model_flops_per_second"] == pytest.approx(
+        results["model_flops_per_step"] / plugin["seconds_per_step"]
+    )
+    assert 0 < plugin["fraction_of_matmul_rate"]
     assert speed_table(results["rows"]) in capsys.readouterr().out
 
 

@@ -32,7 +32,8 @@ class GradientsBeforeTheStep(TrainerCallback):
 
 
 def one_step(model, ref_model, tokenizer, pairs, tmp_path, mask_rows=(), peft_config=None, **settings):
-    """Loss, logged metrics and gradients of one real training step (the trainer's own loop, no clipping)."""
+    """Per-pair losses, logged metrics and gradients of one real training step (the trainer's own loop, no
+    clipping)."""
     args = tiny_args(PreferenceConfig, tmp_path, max_steps=1, max_grad_norm=0.0, **settings)
     capture = GradientsBeforeTheStep()
     trainer = PreferenceTrainer(
@@ -53,15 +54,23 @@ def one_step(model, ref_model, tokenizer, pairs, tmp_path, mask_rows=(), peft_co
         return batch
 
     trainer.data_collator = collate_with_masked_rows
+    objective, per_pair = trainer._objective, []
+
+    def recording_objective(*args):
+        result = objective(*args)
+        per_pair.append(result.losses.detach().clone())
+        return result
+
+    trainer._objective = recording_objective
     trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     metrics = {key: value for key, value in logged.items() if key not in ("loss", "grad_norm", "epoch", "step")}
-    return logged["loss"], metrics, capture.grads, trainer
+    return per_pair[0], metrics, capture.grads, trainer
 
 
 def assert_same_step(chunked, full, rtol=1e-5):
-    (loss_c, metrics_c, grads_c, _), (loss_f, metrics_f, grads_f, _) = chunked, full
-    assert loss_c == pytest.approx(loss_f, rel=rtol, abs=1e-7)
+    (losses_c, metrics_c, grads_c, _), (losses_f, metrics_f, grads_f, _) = chunked, full
+    assert torch.allclose(losses_c, losses_f, rtol=rtol, atol=1e-7)  # per pair
     assert metrics_c.keys() == metrics_f.keys()
     for key in metrics_f:
         assert metrics_c[key] == pytest.approx(metrics_f[key], rel=rtol, abs=1e-6), key
@@ -95,8 +104,8 @@ def test_every_objective_computes_the_same_step(objective, share_prompt, tokeniz
     chunked, full = both_paths(
         tokenizer, pairs, tmp_path, logits_block_size=7, share_prompt=share_prompt, **OBJECTIVES[objective]
     )
-    assert chunked[3]._heads and all(head is not None for head in chunked[3]._heads.values())  # it took the path
-    assert not full[3]._heads
+    assert chunked[3]._chunked_ok and all(chunked[3]._chunked_ok.values())  # it took the chunked path
+    assert not full[3]._chunked_ok
     assert_same_step(chunked, full)
 
 
@@ -158,7 +167,7 @@ def test_soft_capped_logits_take_the_chunked_path(tokenizer, pairs, tmp_path):
         sliding_window=16,
     )
     chunked, full = both_paths(tokenizer, pairs, tmp_path, model=Gemma3ForCausalLM(config), loss_type="tdpo2")
-    assert chunked[3]._heads[id(chunked[3].model)].transform.softcap == 2.0
+    assert chunked[3]._chunked_ok[id(chunked[3].model)] and chunked[3]._head(chunked[3].model).transform.softcap == 2.0
     assert_same_step(chunked, full)
 
 
@@ -177,5 +186,5 @@ def test_a_model_whose_logits_the_head_cannot_reproduce_falls_back_and_says_why(
     with caplog.at_level(logging.WARNING, logger="dpo_plugin"):
         chunked, full = both_paths(tokenizer, pairs, tmp_path, model=model, loss_type="dpo")
     assert "falls back to full logits" in caplog.text and "do not reproduce the model's own logits" in caplog.text
-    assert chunked[3]._heads[id(chunked[3].model)] is None  # the policy falls back; its plain reference need not
+    assert not chunked[3]._chunked_ok[id(chunked[3].model)]  # the policy falls back; its plain reference need not
     assert_same_step(chunked, full)

@@ -20,6 +20,7 @@ from ...data.loading import first_rows
 from ...training.recipe import build_trainer, load_split, parse_recipe
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
+from ...utils.quiet import quiet_library_warnings
 from . import library_progress_bars_off
 from .memory import MB, MemoryBenchArguments, PeakRSS, current_rss_bytes, release_freed_memory
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
@@ -47,6 +48,7 @@ def versus_trl(argv: list[str], bench_args) -> dict:
 def measure_contender(argv: list[str], objective: str, contender: str, steps: int) -> dict:
     """In this (fresh) process: build `contender` for `objective` from the recipe, train `steps` steps, measure."""
     library_progress_bars_off()
+    quiet_library_warnings()  # a fresh process: the CLI's filters are not inherited
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = ["--loss_type", objective, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
@@ -82,7 +84,8 @@ def heads_table(rows: list[dict]) -> str:
     """The rows as a Markdown table, each memory figure also as a fraction of TRL's for the same objective."""
     trl = {row["objective"]: row for row in rows if row["contender"] == CONTENDERS[0]}
     lines = [
-        "| objective | contender | peak RSS growth MB | × TRL's | peak CUDA MB | × TRL's | s/step | last loss |",
+        "| objective | contender | peak RSS growth MB | × TRL's | peak CUDA MB | × TRL's | s/step "
+        "| loss, step 1 → last |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -94,7 +97,7 @@ def heads_table(rows: list[dict]) -> str:
             cuda = f"{row['peak_cuda_bytes'] / MB:.0f}"
             cuda_ratio = f"{row['peak_cuda_bytes'] / base['peak_cuda_bytes']:.2f}" if base else ""
         name = f"{row['contender']} ({row['trl_loss']})" if row["trl_loss"] else row["contender"]
-        loss = f"{row['losses'][-1]:.4f}" if row["losses"] else "—"
+        loss = f"{row['losses'][0]:.5f} → {row['losses'][-1]:.5f}" if row["losses"] else "—"
         lines.append(
             f"| {row['objective']} | {name} | {growth / MB:.0f} | {ratio} | {cuda} | {cuda_ratio} "
             f"| {row['seconds_per_step']:.2f} | {loss} |"

@@ -29,6 +29,7 @@ from ...training.reference import Reference, choose_reference
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from . import library_progress_bars_off
+from .flops import dense_matmul_rate, model_flops_per_step
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 
 
@@ -142,7 +143,9 @@ def speed(argv: list[str]) -> dict:
     library_progress_bars_off()
     with tempfile.TemporaryDirectory() as output_dir:
         print(f"Building the contenders ({', '.join(bench_args.bench_objectives)}: TRL and the plugin each) ...")
-        contenders, batch_tokens, pairs_per_step = _contenders(argv, bench_args, steps_per_turn, output_dir)
+        contenders, batch_tokens, pairs_per_step, flops_per_step, dtype = _contenders(
+            argv, bench_args, steps_per_turn, output_dir
+        )
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for round_index in range(bench_args.bench_rounds):
             for name, contender in contenders.items():
@@ -151,9 +154,23 @@ def speed(argv: list[str]) -> dict:
                     times[name] += contender.run(steps_per_turn, progress)[bench_args.bench_warmup :]
     tokens_per_step = mean(batch_tokens[bench_args.bench_warmup :])
     rows = _rows(times, bench_args.bench_objectives, pairs_per_step, tokens_per_step)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    matmul_rate = dense_matmul_rate(device, dtype)
+    for row in rows:
+        row["model_flops_per_second"] = flops_per_step / row["seconds_per_step"]
+        row["fraction_of_matmul_rate"] = row["model_flops_per_second"] / matmul_rate
     results = {"argv": argv, "device": device_name(), "pairs_per_step": pairs_per_step, "rows": rows}
+    results |= {
+        "model_flops_per_step": flops_per_step,
+        "matmul_flops_per_second": matmul_rate,
+        "matmul_dtype": str(dtype),
+    }
     results["step_seconds"] = times
     print(speed_table(rows))
+    print(
+        f"Model FLOPs per step {flops_per_step / 1e12:.2f} T (counted as dpo_plugin/experiments/bench/flops.py says); "
+        f"this machine's dense {str(dtype).removeprefix('torch.')} matmul rate {matmul_rate / 1e12:.2f} TFLOP/s."
+    )
     write_json(Path(bench_args.bench_output), results)
     print(f"Wrote {bench_args.bench_output}")
     return results
@@ -177,12 +194,16 @@ def _contenders(argv, bench_args, steps_per_turn: int, output_dir: str):
                 for i in range(0, len(batches), args.gradient_accumulation_steps)
             ]
             pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            per_step = batches[bench_args.bench_warmup * args.gradient_accumulation_steps :]
+            timed_steps = len(per_step) // args.gradient_accumulation_steps
+            flops_per_step = model_flops_per_step(plugin.model, per_step) / timed_steps
+            dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
         trl_loss = TRL_COUNTERPART[objective]
         contenders[f"{objective}: TRL DPOTrainer ({trl_loss})"] = TrainerContender(
             trl_dpo_trainer(train_pairs, model_args, args, objective)
         )
         contenders[f"{objective}: PreferenceTrainer"] = TrainerContender(plugin)
-    return contenders, step_tokens, pairs_per_step
+    return contenders, step_tokens, pairs_per_step, flops_per_step, dtype
 
 
 def _batches(trainer, count: int) -> list[dict]:
@@ -251,16 +272,19 @@ def _row(name, seconds: list[float], pairs_per_step: int, tokens_per_step: float
 def speed_table(rows: list[dict]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| contender | s/step (min–max) | pairs/s | tokens/s | × TRL | of raw bound | × plugin dpo step |",
-        "|---|---|---|---|---|---|---|",
+        "| contender | s/step (min–max) | pairs/s | tokens/s | × TRL | of raw bound | × plugin dpo step "
+        "| model TFLOP/s | of matmul rate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         speedup = f"{row['speedup_vs_trl']:.2f}" if "speedup_vs_trl" in row else ""
         raw = f"{100 * row['fraction_of_raw_bound']:.0f}%" if "fraction_of_raw_bound" in row else ""
         versus_dpo = f"{row['step_time_vs_plugin_dpo']:.2f}" if "step_time_vs_plugin_dpo" in row else ""
         seconds = f"{row['seconds_per_step']:.2f} ({row['seconds_min']:.2f}–{row['seconds_max']:.2f})"
+        flops = f"{row['model_flops_per_second'] / 1e12:.3f}" if "model_flops_per_second" in row else ""
+        fraction = f"{100 * row['fraction_of_matmul_rate']:.0f}%" if "fraction_of_matmul_rate" in row else ""
         lines.append(
             f"| {row['contender']} | {seconds} | {row['pairs_per_second']:.2f} | {row['tokens_per_second']:.0f} "
-            f"| {speedup} | {raw} | {versus_dpo} |"
+            f"| {speedup} | {raw} | {versus_dpo} | {flops} | {fraction} |"
         )
     return "\n".join(lines)

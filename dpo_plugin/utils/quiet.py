@@ -1,0 +1,36 @@
+"""Quiet by default: the library warnings a user of the command line cannot act on, hidden by exact message, in the
+CLI's processes only (never on import of the library)."""
+
+import logging
+import os
+import re
+import warnings
+
+VERBOSE_ENV = "DPO_PLUGIN_VERBOSE"
+
+# Warnings raised inside TRL, transformers and bitsandbytes that a user of this command cannot act on, by exact
+# message: TRL's configs default the deprecated `gradient_checkpointing`, and TRL and transformers' Trainer call
+# `is_gradient_checkpointing` and `gradient_checkpointing_enable`;
+# bitsandbytes' CPU backend asks for the `kernels` package, which fetches kernels from a hub at run time.
+QUIET_WARNINGS = (
+    "`gradient_checkpointing` is deprecated and will be removed in v6. Use `activation_checkpointing` instead.",
+    "`gradient_checkpointing_kwargs` is deprecated and will be removed in v6. Use `activation_checkpointing_kwargs` "
+    "instead.",
+    "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead.",
+    "`gradient_checkpointing_enable` is deprecated and will be removed in v6. Use `activation_checkpointing_enable` "
+    "instead.",
+)
+QUIET_LOG_RECORDS = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
+
+
+def quiet_library_warnings() -> None:
+    """Hide `QUIET_WARNINGS` and `QUIET_LOG_RECORDS`, and nothing else, for the rest of this process, unless
+    `DPO_PLUGIN_VERBOSE=1` (the CLI's `--verbose`). Processes a command starts call it too."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)
+    for logger_name, prefix in QUIET_LOG_RECORDS.items():
+        logging.getLogger(logger_name).addFilter(
+            lambda record, prefix=prefix: not record.getMessage().startswith(prefix)
+        )
