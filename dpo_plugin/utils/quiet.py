@@ -10,7 +10,7 @@ VERBOSE_ENV = "DPO_PLUGIN_VERBOSE"
 
 # Warnings raised inside TRL, transformers and bitsandbytes that a user of this command cannot act on, by exact
 # message: TRL's configs default the deprecated `gradient_checkpointing`, and TRL and transformers' Trainer call
-# `is_gradient_checkpointing` and `gradient_checkpointing_enable`;
+# `is_gradient_checkpointing`, `gradient_checkpointing_enable` and `gradient_checkpointing_disable`;
 # bitsandbytes' CPU backend asks for the `kernels` package, which fetches kernels from a hub at run time.
 QUIET_WARNINGS = (
     "`gradient_checkpointing` is deprecated and will be removed in v6. Use `activation_checkpointing` instead.",
@@ -19,13 +19,16 @@ QUIET_WARNINGS = (
     "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead.",
     "`gradient_checkpointing_enable` is deprecated and will be removed in v6. Use `activation_checkpointing_enable` "
     "instead.",
+    "`gradient_checkpointing_disable` is deprecated and will be removed in v6. Use `activation_checkpointing_disable` "
+    "instead.",
 )
 QUIET_LOG_RECORDS = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
 
 
 def quiet_library_warnings() -> None:
     """Hide `QUIET_WARNINGS` and `QUIET_LOG_RECORDS`, and nothing else, for the rest of this process, unless
-    `DPO_PLUGIN_VERBOSE=1` (the CLI's `--verbose`). Processes a command starts call it too."""
+    `DPO_PLUGIN_VERBOSE=1` (the CLI's `--verbose`). Processes a command starts run it first (as their pool's
+    initializer, before a task's imports load bitsandbytes)."""
     if os.environ.get(VERBOSE_ENV) == "1":
         return
     for message in QUIET_WARNINGS:

@@ -2,8 +2,9 @@
 
 Each contender trains the recipe for `bench_steps` steps in a fresh process, on the same batches: TRL's
 `DPOTrainer` with its nearest loss (its fused, tiled LM head), `PreferenceTrainer` with the chunked head, and with
-full logits at completion positions. Reported: the growth of peak resident memory while training (on a GPU, peak
-CUDA memory too), seconds per step, and the last logged loss, to show they compute the same thing.
+full logits at completion positions. Reported: the growth of peak resident memory while training, over a baseline
+with every weight resident (on a GPU, peak CUDA memory too), seconds per step, and the logged losses, to show they
+compute the same thing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import quiet_library_warnings
 from . import library_progress_bars_off
-from .memory import MB, MemoryBenchArguments, PeakRSS, current_rss_bytes, release_freed_memory
+from .memory import MB, MemoryBenchArguments, PeakRSS, settled_rss_bytes
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 
 CONTENDERS = ("TRL DPOTrainer", "PreferenceTrainer, chunked head", "PreferenceTrainer, full logits")
@@ -35,7 +36,7 @@ def versus_trl(argv: list[str], bench_args) -> dict:
     rows = []
     for index, (objective, contender) in enumerate(plan, 1):
         print(f"[{index}/{len(plan)}] {objective}: {contender}, {bench_args.bench_steps} training steps")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as fresh_process:
+        with ProcessPoolExecutor(1, spawn, initializer=quiet_library_warnings) as fresh_process:
             job = fresh_process.submit(measure_contender, argv, objective, contender, bench_args.bench_steps)
             rows.append(job.result())
     results = {"argv": argv, "device": device_name(), "contenders": rows}
@@ -48,7 +49,6 @@ def versus_trl(argv: list[str], bench_args) -> dict:
 def measure_contender(argv: list[str], objective: str, contender: str, steps: int) -> dict:
     """In this (fresh) process: build `contender` for `objective` from the recipe, train `steps` steps, measure."""
     library_progress_bars_off()
-    quiet_library_warnings()  # a fresh process: the CLI's filters are not inherited
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = ["--loss_type", objective, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
@@ -61,8 +61,7 @@ def measure_contender(argv: list[str], objective: str, contender: str, steps: in
             trainer, _, _ = build_trainer(data_args, args, model_args)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        release_freed_memory()
-        setup_rss = current_rss_bytes()
+        setup_rss = settled_rss_bytes(trainer.model, trainer.ref_model)
         started = time.perf_counter()
         with PeakRSS() as training_peak:
             trainer.train()
