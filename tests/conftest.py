@@ -165,6 +165,22 @@ def tiny_args(config_cls, tmp_path, **overrides):
     return config_cls(**(settings | overrides))
 
 
+def quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=None, peft_config=None, device="cpu", **overrides):
+    """A `PreferenceTrainer` of `checkpoint` against an NF4 reference of it (2 steps; `overrides` change that)."""
+    from transformers import AutoModelForCausalLM
+
+    from dpo_plugin import PreferenceConfig, PreferenceTrainer
+
+    settings = dict(max_steps=2, ref_quantization="nf4", ref_gap_batches=2, use_cpu=device == "cpu") | overrides
+    return PreferenceTrainer(
+        model=AutoModelForCausalLM.from_pretrained(checkpoint),
+        args=tiny_args(PreferenceConfig, tmp_path / "out", **settings),
+        train_dataset=pairs if pairs is not None else make_pairs(),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
 def cli_error(capsys, argv: list[str]) -> str:
     """Run `dpo-plugin <argv>` in this process, expecting a user error: exit code 2 and one line on stderr, no
     traceback; returns that line."""
@@ -188,6 +204,12 @@ def tokenizer():
 @pytest.fixture
 def tiny_model(tokenizer):
     return make_model(len(tokenizer))
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tokenizer):
+    """A tiny Llama wide enough for bitsandbytes' CPU 4-bit blocks (64 inputs), saved with its tokenizer."""
+    return save_checkpoint(tmp_path / "tiny", make_model(len(tokenizer), hidden_size=64), tokenizer)
 
 
 @pytest.fixture

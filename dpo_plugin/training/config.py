@@ -10,7 +10,9 @@ from ..objectives.losses import OBJECTIVES, TOKEN_LEVEL_OBJECTIVES
 
 logger = logging.getLogger("dpo_plugin")
 
-REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")  # one bitsandbytes quantization for the whole reference
+MIXED = "mixed"  # NF4, int8 or full precision per layer, within `ref_bytes_budget` (`mixed_reference.py`)
+REF_PRECISIONS = (*REF_QUANTIZATIONS, MIXED)
 BNB_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # The loss names TRL 1.16's `DPOTrainer._compute_loss` knows; `ipo` is also a plugin name and the plugin's wins.
 TRL_LOSS_TYPES = (
@@ -156,9 +158,11 @@ class PreferenceConfig(DPOConfig):
     ref_quantization: str = field(
         default="none",
         metadata={
-            "help": "Load the reference with bitsandbytes: `none`, `nf4` or `fp4` (4-bit), `int8` (LLM.int8). The "
-            "policy stays as it is (full precision or LoRA). Works on CUDA and, with bitsandbytes >= 0.46, the CPU.",
-            "choices": list(REF_QUANTIZATIONS),
+            "help": "Load the reference with bitsandbytes: `none`, `nf4` or `fp4` (4-bit), `int8` (LLM.int8), or "
+            "`mixed` (each linear layer NF4, int8 or full precision, chosen from its measured sensitivity within "
+            "`ref_bytes_budget`). The policy stays as it is (full precision or LoRA). Works on CUDA and, with "
+            "bitsandbytes >= 0.46, the CPU.",
+            "choices": list(REF_PRECISIONS),
         },
     )
     ref_bnb_4bit_compute_dtype: str | None = field(
@@ -171,6 +175,20 @@ class PreferenceConfig(DPOConfig):
     ref_bnb_4bit_use_double_quant: bool = field(
         default=False,
         metadata={"help": "4-bit reference only (ignored otherwise): also quantize the quantization constants."},
+    )
+    ref_bytes_budget: float = field(
+        default=0.35,
+        metadata={
+            "help": "ref_quantization: mixed only: the reference's bytes as a fraction of its full-precision bytes "
+            "(NF4 everywhere is about 0.31 for SmolLM2-135M, int8 everywhere 0.41)."
+        },
+    )
+    ref_calibration_batches: int = field(
+        default=1,
+        metadata={
+            "help": "ref_quantization: mixed only: training batches (the last ones) on which each layer's "
+            "sensitivity is measured before training (one forward per layer and precision per batch)."
+        },
     )
     ref_gap_batches: int = field(
         default=4,
@@ -213,10 +231,21 @@ class PreferenceConfig(DPOConfig):
         return self.ref_model_name_or_path is not None or self.ref_quantization != "none"
 
     def _validate_reference(self) -> None:
-        if self.ref_quantization not in REF_QUANTIZATIONS:
+        if self.ref_quantization not in REF_PRECISIONS:
             raise ValueError(
-                f"ref_quantization {self.ref_quantization!r} is not known. "
-                f"Valid values: {', '.join(REF_QUANTIZATIONS)}."
+                f"ref_quantization {self.ref_quantization!r} is not known. Valid values: {', '.join(REF_PRECISIONS)}."
+            )
+        if not 0 < self.ref_bytes_budget <= 1:
+            raise ValueError(
+                f"ref_bytes_budget must be in (0, 1] (a fraction of the full-precision bytes); got "
+                f"{self.ref_bytes_budget}."
+            )
+        if self.ref_calibration_batches < 1:
+            raise ValueError(f"ref_calibration_batches must be >= 1; got {self.ref_calibration_batches}.")
+        if self.ref_quantization == MIXED and self.precompute_ref_log_probs:
+            raise ValueError(
+                "ref_quantization: mixed builds a reference to hold while training, and precompute_ref_log_probs "
+                "holds none: keep one (precomputed log-probs cost no memory and no accuracy, for DPO and IPO)."
             )
         if self.ref_bnb_4bit_compute_dtype is not None and self.ref_bnb_4bit_compute_dtype not in BNB_COMPUTE_DTYPES:
             raise ValueError(

@@ -40,7 +40,8 @@ class Reference:
     - `explicit`: a model the caller passed;
     - `adapters off`: the PEFT policy itself with its adapters disabled (its "ref" adapter if it has one, as TRL
       does): no second network;
-    - `checkpoint`: `checkpoint` loaded, in `quantization` (none / nf4 / fp4 / int8);
+    - `checkpoint`: `checkpoint` loaded, in `quantization` (none / nf4 / fp4 / int8; mixed: loaded in full
+      precision, then quantized layer by layer by the trainer, which has the calibration data);
     - `copy`: a frozen copy of the policy as it was in memory;
     - `initial`: the policy itself before training, for reference log-probs computed once before training
       (`precompute_ref_log_probs`): no reference is held while training.
@@ -70,7 +71,10 @@ class Reference:
     def describe(self) -> str:
         """One line for the log."""
         if self.kind == CHECKPOINT:
-            precision = "full precision" if self.quantization == "none" else self.quantization.upper()
+            precision = {
+                "none": "full precision",
+                "mixed": "full precision for now (mixed precision planned before training)",
+            }.get(self.quantization, self.quantization.upper())
             return f"{precision} from checkpoint {self.checkpoint!r}, {self.model.get_memory_footprint() / 1e6:.1f} MB"
         return {
             EXPLICIT: "the ref_model passed in",
@@ -154,12 +158,13 @@ def frozen_copy(policy: PreTrainedModel) -> PreTrainedModel:
 
 
 def bnb_config(quantization: str, compute_dtype: str | None, double_quant: bool | None) -> BitsAndBytesConfig | None:
-    """The bitsandbytes config of a `ref_quantization` mode (None for "none").
+    """The bitsandbytes config of a `ref_quantization` mode (None for "none", and for "mixed", which loads in full
+    precision and is quantized per layer afterwards).
 
     4-bit modes compute in `compute_dtype` (default float32) and quantize the quantization constants too with
     `double_quant` (default False); `lm_head` stays unquantized, as transformers leaves it.
     """
-    if quantization == "none":
+    if quantization in ("none", "mixed"):
         return None
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -239,13 +244,14 @@ def load_reference(
     """
     device = torch.device(device) if device is not None else policy.device
     config = bnb_config(quantization, compute_dtype, double_quant)
-    if config is not None:
+    if quantization != "none":
         check_bitsandbytes_device(device)
-    if config is not None and config.load_in_4bit and device.type == "cpu" and _cpu_packs_4bit_weights():
+    four_bit = quantization == "mixed" or (config is not None and config.load_in_4bit)
+    if four_bit and device.type == "cpu" and _cpu_packs_4bit_weights():
         check_cpu_4bit_widths(policy)
     _check_same_vocabulary(checkpoint, policy, policy_tokenizer)
     if quantization == "int8":
-        _quiet_int8_cast_warning()
+        quiet_int8_cast_warning()
     reference = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=policy.dtype,
@@ -257,7 +263,7 @@ def load_reference(
     return reference.eval().requires_grad_(False)
 
 
-def _quiet_int8_cast_warning() -> None:
+def quiet_int8_cast_warning() -> None:
     """bitsandbytes' 8-bit matmul logs "inputs will be cast ... to float16" on every call of every layer: the cast
     is how LLM.int8 works, so the message is dropped once rather than flooding the log."""
     bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from accelerate.utils import extract_model_from_parallel, is_peft_model
 from datasets import Dataset
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 from trl import DPOTrainer
 
@@ -35,7 +37,7 @@ from ..objectives.losses import TOKEN_LEVEL_OBJECTIVES, PreferenceLoss, dpo_loss
 from ..objectives.packing import completion_hidden_shared_prompt, completion_logits_shared_prompt
 from ..trl_private import create_model_from_path, disable_gradient_checkpointing, get_config_model_id
 from .checkpoints import StagedCheckpoints, resume_checkpoint
-from .config import PreferenceConfig
+from .config import MIXED, PreferenceConfig
 from .guards import (
     DivergenceGuard,
     NonFiniteTrainingError,
@@ -44,6 +46,16 @@ from .guards import (
     nonfinite_step_message,
 )
 from .interruption import CheckpointOnInterrupt
+from .mixed_reference import (
+    NF4,
+    MixedPlan,
+    check_budget,
+    model_bytes,
+    plan_precisions,
+    quantizable_layers,
+    quantize_to_plan,
+    sensitivities,
+)
 from .reference import (
     ADAPTERS_OFF,
     CHECKPOINT,
@@ -161,6 +173,9 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             self.reference = self._reference_chosen_by_trl()
         else:
             reference.model = self.ref_model if reference.separate else self.model  # as accelerate prepared them
+        self.mixed_plan = (
+            self._quantize_reference_to_budget() if getattr(args, "ref_quantization", None) == MIXED else None
+        )
         self.reference_report = self._reference_report() if builds_reference else None
         self.interruption = CheckpointOnInterrupt(self.accelerator)
         if getattr(args, "save_on_interrupt", True):
@@ -548,6 +563,13 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             "quantization": self.reference.quantization,
             "memory_bytes": reference.get_memory_footprint(),
         }
+        if self.mixed_plan is not None:
+            report["plan"] = {
+                "bytes": self.mixed_plan.bytes,
+                "full_precision_bytes": self.mixed_plan.full_bytes,
+                "estimated_gap": self.mixed_plan.estimated_gap,
+                "layers": self.mixed_plan.precisions,
+            }
         if self.reference.quantization != "none" and self.args.ref_gap_batches > 0:
             gap = self._quantization_gap()
             report["gap"] = asdict(gap)
@@ -565,21 +587,50 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             )
         return report
 
+    def _training_batches(self, first: int, count: int) -> list[tuple[dict, Tensor]]:
+        """`count` training batches from row `first` on (fewer if the data ends), as (model_kwargs, completion_mask)
+        on the device."""
+        batch_size, n = self.args.per_device_train_batch_size, len(self.train_dataset)
+        rows = self.train_dataset.select(range(min(first, n), min(first + count * batch_size, n)))
+        rows = rows.remove_columns([c for c in rows.column_names if c in ("ref_chosen_logps", "ref_rejected_logps")])
+        batches = []
+        for start in range(0, len(rows), batch_size):
+            batch = self.data_collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            batch = {key: value.to(self.args.device) for key, value in batch.items()}
+            batches.append((self._model_kwargs(batch), batch["completion_mask"]))
+        return batches
+
+    def _quantize_reference_to_budget(self) -> MixedPlan:
+        """`ref_quantization: mixed`: measure each linear layer's sensitivity on the last `ref_calibration_batches`
+        training batches, plan NF4 / int8 / full precision within `ref_bytes_budget` (`mixed_reference.py`), and
+        quantize the (full-precision) reference to the plan in place, before anything trains."""
+        reference = self.accelerator.unwrap_model(self.reference.model)
+        layers, full_bytes = quantizable_layers(reference), model_bytes(reference)
+        check_budget(layers, full_bytes, self.args.ref_bytes_budget)
+        count = self.args.ref_calibration_batches
+        batches = self._training_batches(len(self.train_dataset) - count * self.args.per_device_train_batch_size, count)
+        dtype = getattr(torch, self.args.ref_bnb_4bit_compute_dtype or "float32")
+        progress = partial(tqdm, desc="Reference layers' sensitivity", disable=self.args.disable_tqdm, leave=False)
+        sensitivity = sensitivities(reference, self.reference_context, batches, dtype, progress)
+        plan = plan_precisions(layers, sensitivity, full_bytes, self.args.ref_bytes_budget)
+        quantize_to_plan(reference, plan, dtype)
+        most = sorted(layers, key=lambda name: sensitivity[name][NF4], reverse=True)[:3]
+        logger.info(
+            "Mixed-precision reference within %.3f of the full-precision bytes: %s. Most sensitive in NF4: %s.",
+            self.args.ref_bytes_budget,
+            plan.describe(),
+            ", ".join(f"{name} ({sensitivity[name][NF4]:.3f} nats, now {plan.precisions[name]})" for name in most),
+        )
+        return plan
+
     def _quantization_gap(self):
         """Gap between the quantized reference and the full-precision one on the first `ref_gap_batches` batches.
 
         The full-precision reference is the policy as it starts (adapters off for PEFT) when the reference is the
         policy's checkpoint, else that checkpoint loaded in full precision for the measurement only.
         """
-        batch_size = self.args.per_device_train_batch_size
-        rows = self.train_dataset.select(range(min(len(self.train_dataset), self.args.ref_gap_batches * batch_size)))
-        rows = rows.remove_columns([c for c in rows.column_names if c in ("ref_chosen_logps", "ref_rejected_logps")])
+        batches = self._training_batches(0, self.args.ref_gap_batches)
         device = self.args.device
-        batches = []
-        for start in range(0, len(rows), batch_size):
-            batch = self.data_collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            batch = {key: value.to(device) for key, value in batch.items()}
-            batches.append((self._model_kwargs(batch), batch["completion_mask"]))
         policy = self.accelerator.unwrap_model(self.model)
         quantized = (self.reference.model, self.reference_context)
         if self.reference.checkpoint == resolve_model(get_config_model_id(policy.config)):

@@ -7,7 +7,7 @@ from conftest import make_pairs, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
 from dpo_plugin.experiments.bench.heads import CONTENDERS, heads_table
-from dpo_plugin.experiments.bench.memory import memory_table
+from dpo_plugin.experiments.bench.memory import memory_table, mode_label
 
 
 def test_memory_bench_compares_reference_quantizations(tmp_path, capsys):
@@ -15,10 +15,17 @@ def test_memory_bench_compares_reference_quantizations(tmp_path, capsys):
     data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4))
     output = tmp_path / "bench.json"
     _, *recipe = tiny_run(checkpoint, data, tmp_path / "unused")
-    bench = ["--bench_modes", "none", "nf4", "precomputed", "--bench_steps", "1", "--bench_output", str(output)]
-    main(["bench", "memory", *recipe, *bench])
-    rows = {row["ref_quantization"]: row for row in json.loads(output.read_text())["modes"]}
+    bench = ["--bench_modes", "none", "nf4", "mixed", "precomputed", "--bench_ref_budgets", "0.5", "1.0"]
+    main(["bench", "memory", *recipe, *bench, "--bench_steps", "1", "--bench_output", str(output)])
+    rows = {
+        mode_label(row["ref_quantization"], row["ref_bytes_budget"]): row
+        for row in json.loads(output.read_text())["modes"]
+    }
     full, nf4, precomputed = rows["none"], rows["nf4"], rows["precomputed"]
+    assert list(rows) == ["none", "nf4", "mixed 0.5", "mixed 1", "precomputed"]  # one mixed row per budget
+    assert nf4["reference_bytes"] < rows["mixed 0.5"]["reference_bytes"] < rows["mixed 1"]["reference_bytes"]
+    assert rows["mixed 1"]["reference_bytes"] == full["reference_bytes"] and rows["mixed 1"]["gap"]["sequences"] > 0
+    assert rows["mixed 1"]["gap"]["logp_abs_diff_max"] < 1e-4 < rows["mixed 0.5"]["gap"]["logp_abs_diff_mean"]
     assert precomputed["reference_bytes"] == 0 and "no reference is held while training" in precomputed["reference"]
     assert full["reference"].startswith("a frozen copy") and nf4["reference"].startswith("NF4")
     assert 0 < nf4["reference_bytes"] < full["reference_bytes"] and nf4["policy_bytes"] == full["policy_bytes"]

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_model, make_pairs, make_tokenizer, save_checkpoint, tiny_args
+from conftest import make_model, make_pairs, make_tokenizer, quantized_trainer, save_checkpoint, tiny_args
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -33,23 +33,6 @@ NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=NO_GPU)])
 def device(request):
     return request.param
-
-
-@pytest.fixture
-def checkpoint(tmp_path, tokenizer):
-    """A tiny Llama wide enough for bitsandbytes' CPU 4-bit blocks (64 inputs), saved with its tokenizer."""
-    return save_checkpoint(tmp_path / "tiny", make_model(len(tokenizer), hidden_size=64), tokenizer)
-
-
-def quantized_trainer(checkpoint, tokenizer, tmp_path, pairs=None, peft_config=None, device="cpu", **overrides):
-    settings = dict(max_steps=2, ref_quantization="nf4", ref_gap_batches=2, use_cpu=device == "cpu") | overrides
-    return PreferenceTrainer(
-        model=AutoModelForCausalLM.from_pretrained(checkpoint),
-        args=tiny_args(PreferenceConfig, tmp_path / "out", **settings),
-        train_dataset=pairs if pairs is not None else make_pairs(),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ...objectives.losses import OBJECTIVES
-from ...training.config import REF_QUANTIZATIONS
+from ...training.config import MIXED, REF_PRECISIONS
 from ...training.recipe import build_trainer, parse_recipe
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
@@ -30,7 +30,7 @@ from ...utils.quiet import quiet_library_warnings
 from . import library_progress_bars_off
 
 MB = 1e6
-BENCH_MODES = (*REF_QUANTIZATIONS, "precomputed")
+BENCH_MODES = (*REF_PRECISIONS, "precomputed")
 
 
 @dataclass
@@ -38,11 +38,16 @@ class MemoryBenchArguments:
     """What `dpo-plugin bench memory` measures, on top of a training recipe."""
 
     bench_modes: list[str] = field(
-        default_factory=lambda: list(REF_QUANTIZATIONS),
+        default_factory=lambda: list(REF_PRECISIONS),
         metadata={
-            "help": f"References to compare, each in its own process: a quantization of {list(REF_QUANTIZATIONS)}, "
-            "or `precomputed` (reference log-probs computed before training; none held while training)."
+            "help": f"References to compare, each in its own process: a ref_quantization of {list(REF_PRECISIONS)} "
+            "(`mixed` once per budget of bench_ref_budgets), or `precomputed` (reference log-probs computed before "
+            "training; none held while training)."
         },
+    )
+    bench_ref_budgets: list[float] = field(
+        default_factory=lambda: [0.33, 0.35, 0.4],
+        metadata={"help": "The ref_bytes_budget of each `mixed` reference measured: the gap-against-bytes curve."},
     )
     bench_versus_trl: bool = field(
         default=False,
@@ -65,6 +70,8 @@ class MemoryBenchArguments:
         unknown = [mode for mode in self.bench_modes if mode not in BENCH_MODES]
         if unknown or not self.bench_modes:
             raise ValueError(f"bench_modes {self.bench_modes} must be a non-empty list of {list(BENCH_MODES)}.")
+        if not self.bench_ref_budgets or not all(0 < budget <= 1 for budget in self.bench_ref_budgets):
+            raise ValueError(f"bench_ref_budgets {self.bench_ref_budgets} must be fractions in (0, 1].")
         if self.bench_steps < 1:
             raise ValueError(f"bench_steps must be >= 1, got {self.bench_steps}.")
         unknown = [name for name in self.bench_objectives if name not in OBJECTIVES]
@@ -80,11 +87,16 @@ def memory(argv: list[str]) -> dict:
 
         return versus_trl(argv, bench_args)
     spawn = multiprocessing.get_context("spawn")
+    plan = [
+        (mode, budget)
+        for mode in bench_args.bench_modes
+        for budget in (bench_args.bench_ref_budgets if mode == MIXED else [None])
+    ]
     rows = []
-    for index, mode in enumerate(bench_args.bench_modes, 1):
-        print(f"[{index}/{len(bench_args.bench_modes)}] reference {mode}: {bench_args.bench_steps} training steps")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as fresh_process:
-            rows.append(fresh_process.submit(measure_mode, argv, mode, bench_args.bench_steps).result())
+    for index, (mode, budget) in enumerate(plan, 1):
+        print(f"[{index}/{len(plan)}] reference {mode_label(mode, budget)}: {bench_args.bench_steps} training steps")
+        with ProcessPoolExecutor(1, spawn, initializer=quiet_library_warnings) as fresh_process:
+            rows.append(fresh_process.submit(measure_mode, argv, mode, bench_args.bench_steps, budget).result())
     results = {"argv": argv, "device": device_name(), "modes": rows}
     print(memory_table(rows))
     write_json(Path(bench_args.bench_output), results)
@@ -92,14 +104,18 @@ def memory(argv: list[str]) -> dict:
     return results
 
 
-def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
-    """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode` (or precomputed reference
-    log-probs, whose pass before training is outside the training peak), train `steps` steps, and
-    return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
+def mode_label(mode: str, budget: float | None) -> str:
+    return f"{mode} {budget:g}" if budget is not None else mode
+
+
+def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = None) -> dict:
+    """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode` (`mixed` within `budget`; or
+    precomputed reference log-probs, whose pass before training is outside the training peak), train `steps` steps,
+    and return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
     library_progress_bars_off()
-    quiet_library_warnings()  # a fresh process: the CLI's filters are not inherited
     with tempfile.TemporaryDirectory() as output_dir:
         reference = ["--precompute_ref_log_probs", "true"] if mode == "precomputed" else ["--ref_quantization", mode]
+        reference += ["--ref_bytes_budget", str(budget)] if budget is not None else []
         overrides = [*reference, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
         data_args, training_args, model_args, _, _ = parse_recipe(
@@ -108,8 +124,7 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
         trainer, _, _ = build_trainer(data_args, training_args, model_args)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        release_freed_memory()  # loading and the gap measurement free memory that glibc would otherwise keep
-        setup_rss = current_rss_bytes()
+        setup_rss = settled_rss_bytes(trainer.model, trainer.ref_model)
         started = time.perf_counter()
         with PeakRSS() as training_peak:
             trainer.train()
@@ -118,6 +133,7 @@ def measure_mode(argv: list[str], mode: str, steps: int) -> dict:
     reference = trainer.accelerator.unwrap_model(trainer.ref_model) if trainer.ref_model is not None else None
     return {
         "ref_quantization": mode,
+        "ref_bytes_budget": budget,
         "reference": trainer.reference.describe() if trainer.reference is not None else "none (reference-free)",
         "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
         "policy_bytes": policy.get_memory_footprint(),
@@ -134,6 +150,18 @@ def current_rss_bytes() -> int:
     """This process's resident set size now (Linux /proc)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def settled_rss_bytes(*models) -> int:
+    """RSS with every weight of `models` resident and freed heap returned: the baseline that training's growth is
+    measured from. Weights loaded from safetensors are memory-mapped and paged in only when first read, which would
+    otherwise count a model's own bytes (1 GB for Gemma-3-270M in float32) as growth during the first step."""
+    with torch.no_grad():
+        for model in models:
+            for tensor in (*model.parameters(), *model.buffers()) if model is not None else ():
+                tensor.detach().sum()  # reads every page; the result is a scalar
+    release_freed_memory()  # loading and the gap measurement free memory that glibc would otherwise keep
+    return current_rss_bytes()
 
 
 def release_freed_memory() -> None:
@@ -184,8 +212,9 @@ def memory_table(rows: list[dict]) -> str:
         diff = f"{gap['logp_abs_diff_mean']:.3f}" if gap else "—"
         kl = f"{gap['token_kl_mean']:.4f}" if gap else "—"
         sizes = f"{row['reference_bytes'] / MB:.1f} | {ratio} | {row['policy_bytes'] / MB:.1f}"
+        label = mode_label(row["ref_quantization"], row.get("ref_bytes_budget"))
         lines.append(
-            f"| {row['ref_quantization']} | {sizes} | {row['rss_after_setup_bytes'] / MB:.0f} "
+            f"| {label} | {sizes} | {row['rss_after_setup_bytes'] / MB:.0f} "
             f"| {row['peak_rss_training_bytes'] / MB:.0f} | {row['peak_rss_bytes'] / MB:.0f} | {cuda} "
             f"| {row['seconds_per_step']:.2f} | {diff} | {kl} |"
         )
