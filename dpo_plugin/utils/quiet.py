@@ -22,7 +22,11 @@ QUIET_WARNINGS = (
     "`gradient_checkpointing_disable` is deprecated and will be removed in v6. Use `activation_checkpointing_disable` "
     "instead.",
 )
-QUIET_LOG_RECORDS = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
+# DeepSpeed (installed or not, transformers imports it when present) announces the CPU on every import.
+QUIET_LOG_RECORDS = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "DeepSpeed": "Setting accelerator to CPU.",
+}
 
 
 def quiet_library_warnings() -> None:

@@ -28,18 +28,19 @@ def test_help_and_the_maths_load_no_heavy_library():
 def test_only_the_named_library_warnings_are_hidden():
     code = (
         "import logging, warnings\n"
-        "from dpo_plugin.utils.quiet import QUIET_WARNINGS, quiet_library_warnings\n"
+        "from dpo_plugin.utils.quiet import QUIET_LOG_RECORDS, QUIET_WARNINGS, quiet_library_warnings\n"
         "quiet_library_warnings()\n"
         "for message in QUIET_WARNINGS:\n"
         "    warnings.warn(message, FutureWarning)\n"
         "warnings.warn('`other_option` is deprecated and will be removed in v6.', FutureWarning)\n"
-        "bnb = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
-        "bnb.warning('Failed to load CPU gemm_4bit_forward from kernels-community: No module named kernels')\n"
-        "bnb.warning('another bitsandbytes message')\n"
+        "for name, prefix in QUIET_LOG_RECORDS.items():\n"
+        "    logging.getLogger(name).warning(prefix + ' (the rest of the message)')\n"
+        "    logging.getLogger(name).warning(f'another message from {name}')\n"
     )
     stderr = fresh_python(code).stderr
-    assert "other_option" in stderr and "another bitsandbytes message" in stderr
-    assert "gradient_checkpointing" not in stderr and "kernels-community" not in stderr
+    assert "other_option" in stderr and "another message from bitsandbytes" in stderr
+    assert "another message from DeepSpeed" in stderr and "the rest of the message" not in stderr
+    assert "gradient_checkpointing" not in stderr
 
 
 def test_verbose_shows_what_the_cli_hides(tmp_path):

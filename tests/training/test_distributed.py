@@ -14,9 +14,10 @@ COMPARED_METRICS = ("loss", "grad_norm", "rewards/margins", "rewards/accuracies"
 
 
 @pytest.mark.parametrize("loss_type", ["dpo", "tdpo2"])
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, loss_type):
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, loss_type, capfd):
     """One process with 4 pairs per step against two with 2 each: DDP through `num_processes`, and FSDP through the
-    shipped `fsdp` config. Both save checkpoints every 2 steps (staged by the main process, written by both)."""
+    shipped `fsdp` config (its sharded LM head gathered for the chunked head, with no fallback to full logits). Both
+    save checkpoints every 2 steps (staged by the main process, written by both)."""
     checkpoint = save_checkpoint(tmp_path / "tiny-model")
     data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
     common = ["--loss_type", loss_type, "--learning_rate", "0.01", "--max_steps", "4"]
@@ -28,7 +29,10 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     for engine in ("ddp", "fsdp"):
         run = tmp_path / engine
         extra = ["--save_steps", "2"] + (["--accelerate_config", "fsdp"] if engine == "fsdp" else [])
+        capfd.readouterr()
         main(tiny_run(checkpoint, data, run, *two, *extra))
+        log = capfd.readouterr().err
+        assert "Reference model:" in log and "falls back to full logits" not in log, engine  # the log is seen
         two_processes = logged_steps(run)
         assert [entry["step"] for entry in two_processes] == [1, 2, 3, 4]
         assert two_processes[0]["epoch"] == one_process[0]["epoch"] == 0.25  # 4 pairs per step in both runs
