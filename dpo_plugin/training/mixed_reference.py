@@ -21,6 +21,8 @@ The LM head and the embeddings stay in full precision, as transformers leaves th
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -29,7 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.assets import cache_dir
 from ..objectives.logprobs import completion_logits, log_probs_from_logits, token_logps
+from ..utils.atomic import write_json
 from .reference import quiet_int8_cast_warning
 
 logger = logging.getLogger("dpo_plugin")
@@ -136,6 +140,35 @@ def sensitivities(
         with swapped(model, name, quantized_layer(layer, NF4, compute_dtype)):
             moved = (completion_logps(model, context, batches) - baseline).abs().mean().item()
         result[name] = {NF4: moved, INT8: moved * ratio, FULL: 0.0}
+    return result
+
+
+def cached_sensitivities(
+    model: nn.Module,
+    context: Callable[[], AbstractContextManager],
+    batches: Batches,
+    compute_dtype: torch.dtype,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> dict[str, dict[str, float]]:
+    """`sensitivities`, kept as JSON in the cache folder under a digest of the model's weights, the calibration
+    batches, the compute dtype and the ambient autocast, so that a rerun at another budget skips the measurement."""
+    import bitsandbytes
+
+    digest = hashlib.sha256(f"{compute_dtype} {bitsandbytes.__version__} {NF4_BLOCK}".encode())
+    device = next(model.parameters()).device.type
+    with context():
+        digest.update(f"{torch.get_autocast_dtype(device)} {torch.is_autocast_enabled(device)}".encode())
+    for tensor in model.state_dict().values():
+        digest.update(f"{tensor.shape} {tensor.float().sum().item():.8e}".encode())
+    for model_kwargs, completion_mask in batches:
+        for tensor in (*[v for v in model_kwargs.values() if torch.is_tensor(v)], completion_mask):
+            digest.update(tensor.cpu().numpy().tobytes())
+    path = cache_dir() / "sensitivity" / f"{digest.hexdigest()[:32]}.json"
+    if path.is_file():
+        logger.info("Layer sensitivities read from %s (same weights, calibration batches and precision).", path)
+        return json.loads(path.read_text())
+    result = sensitivities(model, context, batches, compute_dtype, progress)
+    write_json(path, result)
     return result
 
 

@@ -49,12 +49,12 @@ from .interruption import CheckpointOnInterrupt
 from .mixed_reference import (
     NF4,
     MixedPlan,
+    cached_sensitivities,
     check_budget,
     model_bytes,
     plan_precisions,
     quantizable_layers,
     quantize_to_plan,
-    sensitivities,
 )
 from .reference import (
     ADAPTERS_OFF,
@@ -602,8 +602,9 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
 
     def _quantize_reference_to_budget(self) -> MixedPlan:
         """`ref_quantization: mixed`: measure each linear layer's sensitivity on the last `ref_calibration_batches`
-        training batches, plan NF4 / int8 / full precision within `ref_bytes_budget` (`mixed_reference.py`), and
-        quantize the (full-precision) reference to the plan in place, before anything trains."""
+        training batches (or read them from the cache, for the same weights and batches), plan NF4 / int8 / full
+        precision within `ref_bytes_budget` (`mixed_reference.py`), and quantize the (full-precision) reference to
+        the plan in place, before anything trains."""
         reference = self.accelerator.unwrap_model(self.reference.model)
         layers, full_bytes = quantizable_layers(reference), model_bytes(reference)
         check_budget(layers, full_bytes, self.args.ref_bytes_budget)
@@ -611,7 +612,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         batches = self._training_batches(len(self.train_dataset) - count * self.args.per_device_train_batch_size, count)
         dtype = getattr(torch, self.args.ref_bnb_4bit_compute_dtype or "float32")
         progress = partial(tqdm, desc="Reference layers' sensitivity", disable=self.args.disable_tqdm, leave=False)
-        sensitivity = sensitivities(reference, self.reference_context, batches, dtype, progress)
+        sensitivity = cached_sensitivities(reference, self.reference_context, batches, dtype, progress)
         plan = plan_precisions(layers, sensitivity, full_bytes, self.args.ref_bytes_budget)
         quantize_to_plan(reference, plan, dtype)
         most = sorted(layers, key=lambda name: sensitivity[name][NF4], reverse=True)[:3]

@@ -10,7 +10,8 @@ from dpo_plugin.experiments.bench.heads import CONTENDERS, heads_table
 from dpo_plugin.experiments.bench.memory import memory_table, mode_label
 
 
-def test_memory_bench_compares_reference_quantizations(tmp_path, capsys):
+def test_memory_bench_compares_reference_quantizations(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DPO_PLUGIN_CACHE", str(tmp_path / "cache"))  # the mixed references' sensitivities
     checkpoint = save_checkpoint(tmp_path / "tiny-64", hidden_size=64)
     data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4))
     output = tmp_path / "bench.json"

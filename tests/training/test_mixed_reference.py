@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import quantized_trainer
+from conftest import make_pairs, quantized_trainer
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -24,6 +24,13 @@ from dpo_plugin.training.mixed_reference import (
     quantized_layer,
     rounding_error,
 )
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Measured sensitivities are cached: each test gets an empty cache folder of its own."""
+    monkeypatch.setenv("DPO_PLUGIN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def test_layer_bytes_are_what_bitsandbytes_stores():
@@ -147,6 +154,26 @@ def test_between_the_ends_it_mixes_precisions_trains_and_logs_its_plan(checkpoin
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_a_second_run_reads_the_measured_sensitivities_from_the_cache(
+    checkpoint, tokenizer, tmp_path, caplog, own_cache
+):
+    first = quantized_trainer(checkpoint, tokenizer, tmp_path / "a", ref_quantization="mixed", ref_bytes_budget=0.5)
+    assert len(list((own_cache / "sensitivity").glob("*.json"))) == 1
+    with caplog.at_level("INFO", logger="dpo_plugin"):
+        second = quantized_trainer(
+            checkpoint, tokenizer, tmp_path / "b", ref_quantization="mixed", ref_bytes_budget=0.5
+        )
+    assert "Layer sensitivities read from" in caplog.text
+    assert second.reference_report["plan"] == first.reference_report["plan"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dpo_plugin"):  # other calibration batches: measured again
+        quantized_trainer(
+            checkpoint, tokenizer, tmp_path / "c", make_pairs(12), ref_quantization="mixed", ref_bytes_budget=0.5
+        )
+    assert "Layer sensitivities read from" not in caplog.text
+    assert len(list((own_cache / "sensitivity").glob("*.json"))) == 2
 
 
 @pytest.mark.parametrize(
