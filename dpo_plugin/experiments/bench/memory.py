@@ -114,7 +114,8 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
     and return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
     library_progress_bars_off()
     with tempfile.TemporaryDirectory() as output_dir:
-        reference = ["--precompute_ref_log_probs", "true"] if mode == "precomputed" else ["--ref_quantization", mode]
+        precomputed = ["--precompute_ref_log_probs", "true", "--ref_quantization", "none"]  # whatever the recipe says
+        reference = precomputed if mode == "precomputed" else ["--ref_quantization", mode]
         reference += ["--ref_bytes_budget", str(budget)] if budget is not None else []
         overrides = [*reference, "--max_steps", str(steps), "--output_dir", output_dir]
         overrides += ["--save_strategy", "no", "--report_to", "none", "--heldout_eval_pairs", "0"]
@@ -139,7 +140,8 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
         "policy_bytes": policy.get_memory_footprint(),
         "rss_after_setup_bytes": setup_rss,
         "peak_rss_training_bytes": training_peak.bytes,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        # Linux reports KiB, and updates the high-water mark lazily: it can trail an RSS sampled a moment before
+        "peak_rss_bytes": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, training_peak.bytes),
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         "seconds_per_step": seconds / steps,
         "gap": (trainer.reference_report or {}).get("gap"),
