@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import torch
 
 from ...data.loading import first_rows
 from ...training.recipe import build_trainer, load_split, parse_recipe
@@ -23,7 +20,7 @@ from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import quiet_library_warnings
 from . import library_progress_bars_off
-from .memory import MB, MemoryBenchArguments, PeakRSS, settled_rss_bytes
+from .memory import MB, MemoryBenchArguments, measure_training
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 
 CONTENDERS = ("TRL DPOTrainer", "PreferenceTrainer, chunked head", "PreferenceTrainer, full logits")
@@ -59,22 +56,16 @@ def measure_contender(argv: list[str], objective: str, contender: str, steps: in
             trainer = trl_dpo_trainer(first_rows(train_split, data_args.max_train_pairs), model_args, args, objective)
         else:
             trainer, _, _ = build_trainer(data_args, args, model_args)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        setup_rss = settled_rss_bytes(trainer.model, trainer.ref_model)
-        started = time.perf_counter()
-        with PeakRSS() as training_peak:
-            trainer.train()
-        seconds = time.perf_counter() - started
+        measured = measure_training(trainer)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "objective": objective,
         "contender": contender,
         "trl_loss": TRL_COUNTERPART[objective] if contender == CONTENDERS[0] else None,
-        "rss_after_setup_bytes": setup_rss,
-        "peak_rss_growth_bytes": training_peak.bytes - setup_rss,
-        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-        "seconds_per_step": seconds / steps,
+        "rss_after_setup_bytes": measured.setup_rss_bytes,
+        "peak_rss_growth_bytes": measured.peak_rss_bytes - measured.setup_rss_bytes,
+        "peak_cuda_bytes": measured.peak_cuda_bytes,
+        "seconds_per_step": measured.seconds / steps,
         "losses": losses,
     }
 

@@ -123,13 +123,7 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
             [*argv, *overrides], extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory"
         )
         trainer, _, _ = build_trainer(data_args, training_args, model_args)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        setup_rss = settled_rss_bytes(trainer.model, trainer.ref_model)
-        started = time.perf_counter()
-        with PeakRSS() as training_peak:
-            trainer.train()
-        seconds = time.perf_counter() - started
+        measured = measure_training(trainer)
     policy = trainer.accelerator.unwrap_model(trainer.model)
     reference = trainer.accelerator.unwrap_model(trainer.ref_model) if trainer.ref_model is not None else None
     return {
@@ -138,12 +132,12 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
         "reference": trainer.reference.describe() if trainer.reference is not None else "none (reference-free)",
         "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
         "policy_bytes": policy.get_memory_footprint(),
-        "rss_after_setup_bytes": setup_rss,
-        "peak_rss_training_bytes": training_peak.bytes,
+        "rss_after_setup_bytes": measured.setup_rss_bytes,
+        "peak_rss_training_bytes": measured.peak_rss_bytes,
         # Linux reports KiB, and updates the high-water mark lazily: it can trail an RSS sampled a moment before
-        "peak_rss_bytes": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, training_peak.bytes),
-        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-        "seconds_per_step": seconds / steps,
+        "peak_rss_bytes": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, measured.peak_rss_bytes),
+        "peak_cuda_bytes": measured.peak_cuda_bytes,
+        "seconds_per_step": measured.seconds / steps,
         "gap": (trainer.reference_report or {}).get("gap"),
     }
 
@@ -152,6 +146,30 @@ def current_rss_bytes() -> int:
     """This process's resident set size now (Linux /proc)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class TrainingMeasurement:
+    """What `measure_training` saw: RSS before training (every weight resident), the peak RSS and peak CUDA memory
+    while training (None without a GPU), and the wall time of `trainer.train()`."""
+
+    setup_rss_bytes: int
+    peak_rss_bytes: int
+    peak_cuda_bytes: int | None
+    seconds: float
+
+
+def measure_training(trainer) -> TrainingMeasurement:
+    """Run `trainer.train()` and measure it (`TrainingMeasurement`)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    setup_rss = settled_rss_bytes(trainer.model, trainer.ref_model)
+    started = time.perf_counter()
+    with PeakRSS() as training_peak:
+        trainer.train()
+    seconds = time.perf_counter() - started
+    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return TrainingMeasurement(setup_rss, training_peak.bytes, cuda, seconds)
 
 
 def settled_rss_bytes(*models) -> int:
