@@ -4,6 +4,7 @@ pairs: every objective trains through the chunked head, and its first step equal
 import math
 
 import pytest
+from conftest import tiny_args
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,25 +27,10 @@ def review_pairs():
 
 
 def trainer_for(path, tokenizer, pairs, tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        max_steps=2,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        max_length=48,
-        disable_tqdm=True,
-        seed=0,
-    )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     return PreferenceTrainer(
         model=AutoModelForCausalLM.from_pretrained(path),
-        args=PreferenceConfig(**(settings | overrides)),
+        args=tiny_args(PreferenceConfig, tmp_path, max_steps=2, learning_rate=1e-3, max_length=48, **overrides),
         train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=lora,
