@@ -36,7 +36,7 @@ def train(argv: list[str]) -> dict | None:
         heldout = None
         if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
             heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
-        reference_scores = _precomputed_reference_scores(trainer, heldout, data_args.heldout_batch_size)
+        reference_scores, start_scores = _scores_before_training(trainer, heldout, data_args.heldout_batch_size)
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
@@ -55,7 +55,7 @@ def train(argv: list[str]) -> dict | None:
         started = time.perf_counter()
         batch_size = data_args.heldout_batch_size
         policy, reference = heldout_scorers(trainer, batch_size)
-        accuracy = preference_accuracies(policy, reference_scores or reference, heldout, batch_size)
+        accuracy = preference_accuracies(policy, reference_scores or reference, heldout, batch_size, start=start_scores)
         report = EvaluationReport(pairs=len(heldout), accuracy=accuracy)
         results["heldout"] = report.to_dict()
         results["heldout_seconds"] = round(time.perf_counter() - started, 1)
@@ -69,28 +69,42 @@ def train(argv: list[str]) -> dict | None:
     return results
 
 
-def _precomputed_reference_scores(trainer, heldout, batch_size: int):
-    """With precomputed reference log-probs no reference is held while training: the held-out pairs' reference
-    log-probs are computed in the same pass, from the policy before it trains (`FrozenScores`); else None."""
+def _scores_before_training(trainer, heldout, batch_size: int) -> tuple:
+    """Held-out log-probs under the policy before it trains, scored now and kept (`FrozenScores`), as
+    `(reference, start)`, each None where not needed:
+
+    - `reference`: with precomputed reference log-probs no reference is held while training, so the held-out pairs'
+      are computed in the same pass, from the policy as it starts;
+    - `start`: with a quantized reference, the policy as it starts (π_0, full precision), so that held-out pairs are
+      also ranked by log π_θ − log π_0, what training changed, without the reference's quantization error in it.
+    """
     from ..evaluation.scoring import FrozenScores, SequenceScorer
     from ..training.reference import INITIAL_POLICY
 
-    if heldout is None or trainer.reference is None or trainer.reference.kind != INITIAL_POLICY:
-        return None
-    scorer = SequenceScorer(
-        trainer.reference.model,
-        trainer.processing_class,
-        trainer.args.max_length,
-        batch_size,
-        trainer.reference_context,
-    )
+    reference = trainer.reference
+    if heldout is None or reference is None:
+        return None, None
     prompts = list(heldout["prompt"]) * 2
-    return FrozenScores(scorer, prompts, list(heldout["chosen"]) + list(heldout["rejected"]))
+    completions = list(heldout["chosen"]) + list(heldout["rejected"])
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    max_length, tokenizer = trainer.args.max_length, trainer.processing_class
+    was_training = policy.training
+    policy.eval()
+    try:
+        if reference.kind == INITIAL_POLICY:
+            scorer = SequenceScorer(reference.model, tokenizer, max_length, batch_size, trainer.reference_context)
+            return FrozenScores(scorer, prompts, completions), None
+        if reference.quantization != "none":
+            scorer = SequenceScorer(policy, tokenizer, max_length, batch_size, trainer.accelerator.autocast)
+            return None, FrozenScores(scorer, prompts, completions)
+        return None, None
+    finally:
+        policy.train(was_training)
 
 
 def heldout_scorers(trainer, batch_size: int = 16) -> tuple:
     """`SequenceScorer`s of the trained policy and of the reference it trained against, in training precision (the
-    reference's is of no use after a run with precomputed log-probs: see `_precomputed_reference_scores`)."""
+    reference's is of no use after a run with precomputed log-probs: see `_scores_before_training`)."""
     from ..evaluation.scoring import SequenceScorer
 
     if trainer.reference is None:

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from .policies import CompletionSampler, PreferenceChooser
 from .scoring import SequenceScorer
 
+STARTING_POINT_RANKING = "policy, by implicit reward vs its start"
+
 
 @dataclass
 class Accuracy:
@@ -63,17 +65,21 @@ def preference_accuracy(chooser: PreferenceChooser, pairs, batch_size: int = 16,
 
 
 def preference_accuracies(
-    policy: SequenceScorer, reference: SequenceScorer, pairs, batch_size: int = 16, seed: int = 0
+    policy: SequenceScorer, reference: SequenceScorer, pairs, batch_size: int = 16, seed: int = 0, start=None
 ):
-    """Accuracy of the reference by likelihood (before training) and of the policy by implicit reward and likelihood.
+    """Accuracy of the reference by likelihood (before training) and of the policy by implicit reward and likelihood;
+    with `start` (scores of the policy before training, where the reference differs from it, e.g. quantized), also
+    by log π_θ − log π_start: what training changed.
 
-    The scorers memoize, so each model scores each held-out completion once across the three rankings.
+    The scorers memoize, so each model scores each held-out completion once across the rankings.
     """
     choosers = {
         "reference, by log-likelihood": PreferenceChooser.by_likelihood(reference),
         "policy, by implicit reward": PreferenceChooser.by_implicit_reward(policy, reference),
         "policy, by log-likelihood": PreferenceChooser.by_likelihood(policy),
     }
+    if start is not None:
+        choosers[STARTING_POINT_RANKING] = PreferenceChooser.by_implicit_reward(policy, start)
     return {name: preference_accuracy(chooser, pairs, batch_size, seed) for name, chooser in choosers.items()}
 
 
@@ -147,7 +153,7 @@ class EvaluationReport:
 
     def table(self) -> str:
         lines = [f"Held-out preference accuracy on {self.pairs} pairs (95% Wilson interval)"]
-        lines += [f"  {name:<34}{accuracy}" for name, accuracy in self.accuracy.items()]
+        lines += [f"  {name:<40}{accuracy}" for name, accuracy in self.accuracy.items()]
         if self.samples:
             names = list(next(iter(self.samples.values())).rewards)
             count = next(iter(self.samples.values())).completions

@@ -147,6 +147,30 @@ def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_c
     assert not list(tmp_path.rglob(".*"))
 
 
+def test_held_out_pairs_are_also_ranked_against_the_start_when_the_reference_is_quantized(tiny_checkpoint, tmp_path):
+    """With an int8 reference, held-out pairs are ranked by log π_θ − log π_0 as well, π_0 the full-precision policy
+    before training: the same count as scoring the saved policy against the checkpoint it started from."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_plugin.evaluation.heldout import STARTING_POINT_RANKING
+    from dpo_plugin.evaluation.scoring import SequenceScorer, as_text
+
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    run = tmp_path / "run"
+    extra = ["--ref_quantization", "int8", "--heldout_eval_pairs", "8", "--learning_rate", "0.01"]
+    main(tiny_run(tiny_checkpoint, data, run, *extra))
+    accuracy = json.loads((run / "metrics.json").read_text())["heldout"]["accuracy"]
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    pairs = as_text(make_pairs(8), tokenizer)  # every held-out pair: the count does not depend on their order
+    p, w, r = pairs["prompt"], pairs["chosen"], pairs["rejected"]
+    trained, start = (
+        SequenceScorer(AutoModelForCausalLM.from_pretrained(path), tokenizer, 64) for path in (run, tiny_checkpoint)
+    )
+    expected = ((trained(p, w) - start(p, w)) > (trained(p, r) - start(p, r))).float().mean().item()
+    assert accuracy[STARTING_POINT_RANKING]["value"] == pytest.approx(expected)
+    assert set(accuracy) > {"policy, by implicit reward", "reference, by log-likelihood"}
+
+
 def test_held_out_scoring_works_with_precomputed_reference_log_probs(tiny_checkpoint, tmp_path, caplog):
     """No reference is held while training: the held-out pairs' reference log-probs come from the same pass before
     training, so the run ranks them as a run with a live reference does."""

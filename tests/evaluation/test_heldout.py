@@ -4,7 +4,13 @@ import pytest
 import torch
 from conftest import make_model
 
-from dpo_plugin.evaluation.heldout import Accuracy, preference_accuracies, preference_accuracy, sampled_completions
+from dpo_plugin.evaluation.heldout import (
+    STARTING_POINT_RANKING,
+    Accuracy,
+    preference_accuracies,
+    preference_accuracy,
+    sampled_completions,
+)
 from dpo_plugin.evaluation.policies import CompletionSampler, PreferenceChooser
 from dpo_plugin.evaluation.rewards import PreferenceLabelReward
 from dpo_plugin.evaluation.scoring import SequenceScorer, as_text
@@ -34,10 +40,13 @@ def test_label_oracle_scores_one_and_its_mirror_zero_with_each_pair_once(text_pa
 def test_accuracies_equal_a_direct_count_of_log_ratio_comparisons(tokenizer, text_pairs):
     policy = SequenceScorer(make_model(len(tokenizer), seed=3), tokenizer, batch_size=6)
     reference = SequenceScorer(make_model(len(tokenizer), seed=4), tokenizer, batch_size=6)
-    accuracies = preference_accuracies(policy, reference, text_pairs, batch_size=6)
+    start = SequenceScorer(make_model(len(tokenizer), seed=5), tokenizer, batch_size=6)
+    accuracies = preference_accuracies(policy, reference, text_pairs, batch_size=6, start=start)
     p, w, r = text_pairs["prompt"], text_pairs["chosen"], text_pairs["rejected"]
     chosen_ratio, rejected_ratio = policy(p, w) - reference(p, w), policy(p, r) - reference(p, r)
     assert accuracies["policy, by implicit reward"].value == (chosen_ratio > rejected_ratio).float().mean().item()
+    chosen_change, rejected_change = policy(p, w) - start(p, w), policy(p, r) - start(p, r)
+    assert accuracies[STARTING_POINT_RANKING].value == (chosen_change > rejected_change).float().mean().item()
     assert accuracies["reference, by log-likelihood"].value == (reference(p, w) > reference(p, r)).float().mean().item()
     assert accuracies["policy, by log-likelihood"].value == (policy(p, w) > policy(p, r)).float().mean().item()
 
