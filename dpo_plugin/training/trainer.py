@@ -49,6 +49,7 @@ from .interruption import CheckpointOnInterrupt
 from .mixed_reference import (
     NF4,
     MixedPlan,
+    bf16_embedding_saving,
     cached_sensitivities,
     check_budget,
     model_bytes,
@@ -569,6 +570,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
                 "full_precision_bytes": self.mixed_plan.full_bytes,
                 "estimated_gap": self.mixed_plan.estimated_gap,
                 "layers": self.mixed_plan.precisions,
+                "bf16_embeddings": self.mixed_plan.bf16_embeddings,
             }
         if self.reference.quantization != "none" and self.args.ref_gap_batches > 0:
             gap = self._quantization_gap()
@@ -603,17 +605,24 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
     def _quantize_reference_to_budget(self) -> MixedPlan:
         """`ref_quantization: mixed`: measure each linear layer's sensitivity on the last `ref_calibration_batches`
         training batches (or read them from the cache, for the same weights and batches), plan NF4 / int8 / full
-        precision within `ref_bytes_budget` (`mixed_reference.py`), and quantize the (full-precision) reference to
-        the plan in place, before anything trains."""
+        precision within `ref_bytes_budget` (`mixed_reference.py`; under bf16 autocast with the embeddings and LM
+        head in bfloat16), and quantize the (full-precision) reference to the plan in place, before anything
+        trains."""
         reference = self.accelerator.unwrap_model(self.reference.model)
         layers, full_bytes = quantizable_layers(reference), model_bytes(reference)
-        check_budget(layers, full_bytes, self.args.ref_bytes_budget)
+        device_type = self.args.device.type
+        with self.reference_context():
+            bf16_autocast = (
+                torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+            )
+        saved = bf16_embedding_saving(reference) if bf16_autocast else 0
+        check_budget(layers, full_bytes, self.args.ref_bytes_budget, saved)
         count = self.args.ref_calibration_batches
         batches = self._training_batches(len(self.train_dataset) - count * self.args.per_device_train_batch_size, count)
         dtype = getattr(torch, self.args.ref_bnb_4bit_compute_dtype or "float32")
         progress = partial(tqdm, desc="Reference layers' sensitivity", disable=self.args.disable_tqdm, leave=False)
         sensitivity = cached_sensitivities(reference, self.reference_context, batches, dtype, progress)
-        plan = plan_precisions(layers, sensitivity, full_bytes, self.args.ref_bytes_budget)
+        plan = plan_precisions(layers, sensitivity, full_bytes, self.args.ref_bytes_budget, saved)
         quantize_to_plan(reference, plan, dtype)
         most = sorted(layers, key=lambda name: sensitivity[name][NF4], reverse=True)[:3]
         logger.info(

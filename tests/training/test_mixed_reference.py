@@ -2,11 +2,12 @@
 compute what their de-quantized weights do, the greedy plan against a brute-force search, and trainers at both ends
 of the budget checked against the references they must equal (transformers' own NF4 loading; full precision)."""
 
+import copy
 import itertools
 
 import pytest
 import torch
-from conftest import make_pairs, quantized_trainer
+from conftest import make_model, make_pairs, quantized_trainer
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -17,6 +18,8 @@ from dpo_plugin.training.mixed_reference import (
     NF4,
     PRECISIONS,
     all_nf4_bytes,
+    bf16_embedding_saving,
+    hold_embeddings_in_bf16,
     layer_bytes,
     model_bytes,
     plan_precisions,
@@ -193,3 +196,48 @@ def test_bad_mixed_settings_name_the_key(tmp_path, settings, words):
 def test_a_budget_below_the_model_s_smallest_is_refused_before_measuring(checkpoint, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="below this model's smallest mixed reference"):
         quantized_trainer(checkpoint, tokenizer, tmp_path, ref_quantization="mixed", ref_bytes_budget=0.05)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_bf16_embeddings_halve_the_tables_and_change_only_the_input_rounding_under_bf16_autocast(tokenizer, tied):
+    model = make_model(len(tokenizer), hidden_size=64).eval()
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    halved = copy.deepcopy(model)
+    hold_embeddings_in_bf16(halved)
+    tables = (1 if tied else 2) * len(tokenizer) * 64
+    assert bf16_embedding_saving(model) == 2 * tables == model_bytes(model) - model_bytes(halved)
+    assert bf16_embedding_saving(halved) == 0
+    assert (halved.lm_head.weight is halved.model.embed_tokens.weight) == tied
+    ids = torch.randint(0, len(tokenizer), (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert halved.model.embed_tokens(ids).dtype == torch.float32  # the residual stream keeps its precision
+        hidden = model.model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(halved.lm_head(hidden), model.lm_head(hidden), rtol=0, atol=0)  # as autocast did
+        full, half = model(input_ids=ids).logits.float(), halved(input_ids=ids).logits.float()
+    rounded = halved.model.embed_tokens.weight.float()
+    assert 0 < (rounded - model.model.embed_tokens.weight).abs().max() <= 2**-8 * rounded.abs().max()
+    assert (full - half).abs().max() < 0.05 * full.abs().max()
+
+
+def test_under_bf16_autocast_the_mixed_plan_holds_the_embeddings_in_bf16_and_trains(checkpoint, tokenizer, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    layers, full_bytes, saved = quantizable_layers(model), model_bytes(model), bf16_embedding_saving(model)
+    budget = all_nf4_bytes(layers, full_bytes, saved) / full_bytes + 1e-9  # below fp32 embeddings' smallest budget
+    assert budget < all_nf4_bytes(layers, full_bytes) / full_bytes
+    trainer = quantized_trainer(
+        checkpoint, tokenizer, tmp_path, ref_quantization="mixed", ref_bytes_budget=budget, bf16=True
+    )
+    plan = trainer.reference_report["plan"]
+    assert plan["bf16_embeddings"] and set(plan["layers"].values()) == {NF4}
+    assert plan["bytes"] == all_nf4_bytes(layers, full_bytes, saved) <= budget * full_bytes
+    reference = trainer.ref_model
+    assert (
+        reference.get_input_embeddings().weight.dtype
+        == reference.get_output_embeddings().weight.dtype
+        == torch.bfloat16
+    )
+    assert trainer.model.get_input_embeddings().weight.dtype == torch.float32  # the policy is untouched
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
