@@ -65,10 +65,14 @@ def load_policy(model_args: ModelConfig, device):
     placed on `device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .reference import quiet_int8_cast_warning
+
     model_path = model_folder(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     quantization = get_quantization_config(model_args)
+    if model_args.load_in_8bit:
+        quiet_int8_cast_warning()
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
         revision=model_args.model_revision,

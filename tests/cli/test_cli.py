@@ -147,6 +147,23 @@ def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_c
     assert not list(tmp_path.rglob(".*"))
 
 
+def test_lora_on_an_8bit_base_trains_from_the_recipe_with_a_quiet_log(tiny_checkpoint, tmp_path, caplog):
+    """TRL's `load_in_8bit` (LoRA on an LLM.int8 base), held-out scoring included: bitsandbytes' per-call float16-cast
+    message is dropped."""
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    extra = ["--load_in_8bit", "true", "--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"]
+    with caplog.at_level("INFO"):
+        main(
+            tiny_run(
+                tiny_checkpoint, data, tmp_path / "run", *extra, "--heldout_eval_pairs", "8", "--learning_rate", "0.01"
+            )
+        )
+    assert "will be cast from" not in caplog.text
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["log_history"]
+    margins = [entry["rewards/margins"] for entry in history if "rewards/margins" in entry]
+    assert margins[0] == 0.0 and margins[-1] > 0.0  # starts at its base (the reference, adapters off), then learns
+
+
 def test_held_out_pairs_are_also_ranked_against_the_start_when_the_reference_is_quantized(tiny_checkpoint, tmp_path):
     """With an int8 reference, held-out pairs are ranked by log π_θ − log π_0 as well, π_0 the full-precision policy
     before training: the same count as scoring the saved policy against the checkpoint it started from."""
