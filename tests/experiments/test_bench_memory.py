@@ -34,6 +34,7 @@ def test_memory_bench_compares_reference_quantizations(tmp_path, capsys, monkeyp
         assert row["policy_bytes"] < row["rss_after_setup_bytes"] <= row["peak_rss_training_bytes"]
         assert row["peak_rss_training_bytes"] <= row["peak_rss_bytes"]
     assert full["gap"] is None and nf4["gap"]["sequences"] > 0
+    assert full["plan"] is None and "0 NF4" in rows["mixed 1"]["plan"] and "full precision" in rows["mixed 1"]["plan"]
     assert memory_table(list(rows.values())) in capsys.readouterr().out
 
 

@@ -111,7 +111,8 @@ def mode_label(mode: str, budget: float | None) -> str:
 def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = None) -> dict:
     """In this (fresh) process: build the recipe's trainer with `ref_quantization=mode` (`mixed` within `budget`; or
     precomputed reference log-probs, whose pass before training is outside the training peak), train `steps` steps,
-    and return the reference's and policy's bytes, peak RSS, peak CUDA memory, seconds per step and the measured gap."""
+    and return the reference's and policy's bytes (and a mixed reference's plan), peak RSS, peak CUDA memory, seconds
+    per step and the measured gap."""
     library_progress_bars_off()
     with tempfile.TemporaryDirectory() as output_dir:
         precomputed = ["--precompute_ref_log_probs", "true", "--ref_quantization", "none"]  # whatever the recipe says
@@ -130,6 +131,7 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
         "ref_quantization": mode,
         "ref_bytes_budget": budget,
         "reference": trainer.reference.describe() if trainer.reference is not None else "none (reference-free)",
+        "plan": trainer.mixed_plan.describe() if trainer.mixed_plan is not None else None,
         "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
         "policy_bytes": policy.get_memory_footprint(),
         "rss_after_setup_bytes": measured.setup_rss_bytes,
