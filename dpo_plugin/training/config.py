@@ -190,6 +190,15 @@ class PreferenceConfig(DPOConfig):
             "sensitivity is measured before training (one forward per layer and precision per batch)."
         },
     )
+    qlora_adapter_dtype: str = field(
+        default="bfloat16",
+        metadata={
+            "help": "LoRA on a quantized base (load_in_4bit / load_in_8bit): the dtype its adapter weights train in. "
+            "TRL casts them to bfloat16, as the QLoRA paper does; float32 keeps optimizer updates that bfloat16 "
+            "would round away.",
+            "choices": ["bfloat16", "float32"],
+        },
+    )
     ref_gap_batches: int = field(
         default=4,
         metadata={

@@ -174,6 +174,8 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             self.reference = self._reference_chosen_by_trl()
         else:
             reference.model = self.ref_model if reference.separate else self.model  # as accelerate prepared them
+        if getattr(args, "qlora_adapter_dtype", "bfloat16") == "float32":
+            self._adapters_in_float32()
         self.mixed_plan = (
             self._quantize_reference_to_budget() if getattr(args, "ref_quantization", None) == MIXED else None
         )
@@ -555,6 +557,15 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
                 args.ref_quantization.upper(),
                 reference.model.get_memory_footprint() / 1e6,
             )
+
+    def _adapters_in_float32(self) -> None:
+        """`qlora_adapter_dtype: float32`: the trainable weights of a policy on a quantized base back in float32 (TRL
+        cast them to bfloat16), before the optimizer is built."""
+        policy = self.accelerator.unwrap_model(self.model)
+        if getattr(policy, "is_loaded_in_4bit", False) or getattr(policy, "is_loaded_in_8bit", False):
+            for parameter in policy.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
 
     def _reference_report(self) -> dict:
         """Which reference was built, its memory, and (quantized) its measured gap to full precision, logged once."""

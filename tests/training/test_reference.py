@@ -205,6 +205,22 @@ def test_qlora_policy_trains_against_its_own_base_with_adapters_off(checkpoint, 
     assert margins[0] == 0.0 and margins[-1] > 0.0  # starts at the reference, then learns
 
 
+@pytest.mark.parametrize("adapter_dtype", ["bfloat16", "float32"])
+def test_qlora_adapters_train_in_the_dtype_asked_for(checkpoint, tokenizer, tmp_path, adapter_dtype):
+    """TRL casts a quantized base's adapters to bfloat16; `qlora_adapter_dtype: float32` keeps them in float32."""
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=four_bit, device_map={"": "cpu"})
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = tiny_args(PreferenceConfig, tmp_path, max_steps=2, bf16=True, qlora_adapter_dtype=adapter_dtype)
+    trainer = PreferenceTrainer(
+        model=policy, args=args, train_dataset=make_pairs(), processing_class=tokenizer, peft_config=lora
+    )
+    trainer.train()
+    trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert trained == {getattr(torch, adapter_dtype)}
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+
+
 def _logits(model, context, input_ids):
     with torch.no_grad(), context():
         return model(input_ids=input_ids).logits
