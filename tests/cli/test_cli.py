@@ -10,6 +10,7 @@ from trl import TrlParser
 
 from dpo_plugin.cli import main
 from dpo_plugin.cli.evaluate import EvalConfig
+from dpo_plugin.evaluation.heldout import STARTING_POINT_RANKING
 from dpo_plugin.training.recipe import parse_recipe
 
 RECIPE_DIR = Path(__file__).parents[2] / "recipes"
@@ -114,7 +115,8 @@ def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp
 
 def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_reference(tmp_path):
     """Train LoRA adapters against an int8 reference, then `eval --ref_quantization int8`: the implicit-reward
-    accuracy on the same held-out pairs equals the one the run measured with its own reference."""
+    accuracy on the same held-out pairs equals the one the run measured with its own reference; and `eval` against the
+    full-precision base equals the run's ranking against the policy's start (zero-initialised adapters: the base)."""
     checkpoint = save_checkpoint(tmp_path / "tiny-64", hidden_size=64)
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(16))
     run = tmp_path / "run"
@@ -128,7 +130,10 @@ def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_refere
     main([*common, "--eval_generations", "0", "--ref_quantization", "int8", "--output_file", str(output)])
     evaluated = json.loads(output.read_text())["accuracy"]
     trained = metrics["heldout"]["accuracy"]
+    start = trained.pop(STARTING_POINT_RANKING)
     assert evaluated == trained
+    main([*common, "--eval_generations", "0", "--output_file", str(output)])
+    assert json.loads(output.read_text())["accuracy"]["policy, by implicit reward"] == start
 
 
 def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_checkpoint, tmp_path, capsys):
@@ -169,7 +174,6 @@ def test_held_out_pairs_are_also_ranked_against_the_start_when_the_reference_is_
     before training: the same count as scoring the saved policy against the checkpoint it started from."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_plugin.evaluation.heldout import STARTING_POINT_RANKING
     from dpo_plugin.evaluation.scoring import SequenceScorer, as_text
 
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
