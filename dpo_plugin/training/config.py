@@ -13,6 +13,7 @@ logger = logging.getLogger("dpo_plugin")
 REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")  # one bitsandbytes quantization for the whole reference
 MIXED = "mixed"  # NF4, int8 or full precision per layer, within `ref_bytes_budget` (`mixed_reference.py`)
 REF_PRECISIONS = (*REF_QUANTIZATIONS, MIXED)
+QLORA_ADAPTER_DTYPES = ("bfloat16", "float32")
 BNB_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # The loss names TRL 1.16's `DPOTrainer._compute_loss` knows; `ipo` is also a plugin name and the plugin's wins.
 TRL_LOSS_TYPES = (
@@ -196,7 +197,7 @@ class PreferenceConfig(DPOConfig):
             "help": "LoRA on a quantized base (load_in_4bit / load_in_8bit): the dtype its adapter weights train in. "
             "TRL casts them to bfloat16, as the QLoRA paper does; float32 keeps optimizer updates that bfloat16 "
             "would round away.",
-            "choices": ["bfloat16", "float32"],
+            "choices": list(QLORA_ADAPTER_DTYPES),
         },
     )
     ref_gap_batches: int = field(
@@ -243,6 +244,11 @@ class PreferenceConfig(DPOConfig):
         if self.ref_quantization not in REF_PRECISIONS:
             raise ValueError(
                 f"ref_quantization {self.ref_quantization!r} is not known. Valid values: {', '.join(REF_PRECISIONS)}."
+            )
+        if self.qlora_adapter_dtype not in QLORA_ADAPTER_DTYPES:
+            raise ValueError(
+                f"qlora_adapter_dtype {self.qlora_adapter_dtype!r} is not known. Valid values: "
+                f"{', '.join(QLORA_ADAPTER_DTYPES)}."
             )
         if not 0 < self.ref_bytes_budget <= 1:
             raise ValueError(

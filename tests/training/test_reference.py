@@ -125,6 +125,7 @@ def test_another_checkpoint_as_full_precision_reference(checkpoint, tokenizer, t
         ({"ref_quantization": "nf4", "reference_free": True}, "reference_free runs no reference"),
         ({"ref_quantization": "nf4", "sync_ref_model": True}, "sync_ref_model mixes"),
         ({"ref_gap_batches": -1}, "ref_gap_batches must be >= 0"),
+        ({"qlora_adapter_dtype": "fp16"}, "qlora_adapter_dtype 'fp16' is not known"),
     ],
 )
 def test_config_errors(tmp_path, settings, message):
