@@ -7,6 +7,8 @@ calls it with, so a release that renames one fails there first, by name.
 
 TRL 1.16 (`trl/trainer/dpo_trainer.py`, `trl/trainer/utils.py`, `trl/models/utils.py`, `trl/data_utils.py`):
 
+- `DPOTrainer.__init__(model, ref_model, args, data_collator, ...)`: overridden; called by keyword with the
+  reference the plugin chose, so a renamed or removed parameter fails the contract test, not a user's run.
 - `DPOTrainer._compute_loss(model, inputs, return_outputs)`: overridden; the plugin objectives.
 - `DPOTrainer.compute_ref_log_probs(model, inputs)`: overridden; reference log-probs, live and precomputed.
 - `DPOTrainer._metrics`, `_total_train_tokens`, `_tp_size` (set in `__init__`): TRL's metric keys are logged
@@ -23,6 +25,7 @@ transformers 5 (`transformers/trainer.py`, `transformers/configuration_utils.py`
 - `Trainer._save_checkpoint(model, trial)`, `_get_output_dir(trial)`: overridden; checkpoints are written into a
   staging folder and renamed into place whole.
 - `Trainer._load_optimizer_and_scheduler(checkpoint)`: overridden; restores the token count on resume.
+- `Trainer._save(output_dir, state_dict)`: overridden; a mixed reference's plan is saved beside the weights.
 - `Trainer._globalstep_last_logged`: where the current logging window began, to log the mean loss of the steps that
   ran when some were skipped.
 - `PretrainedConfig._name_or_path` (through `get_config_model_id`) and `_attn_implementation` (shared-prompt
@@ -47,11 +50,26 @@ tokenize_as_trl = _tokenize
 
 # method -> the parameter names the plugin's override has (and passes on to `super()`).
 OVERRIDDEN_METHODS = {
+    "__init__": (
+        "model",
+        "ref_model",
+        "args",
+        "data_collator",
+        "train_dataset",
+        "eval_dataset",
+        "processing_class",
+        "compute_metrics",
+        "callbacks",
+        "optimizers",
+        "quantization_config",
+        "peft_config",
+    ),
     "_compute_loss": ("model", "inputs", "return_outputs"),
     "compute_ref_log_probs": ("model", "inputs"),
     "_save_checkpoint": ("model", "trial"),
     "_get_output_dir": ("trial",),
     "_load_optimizer_and_scheduler": ("checkpoint",),
+    "_save": ("output_dir", "state_dict"),
 }
 # attributes of a `DPOTrainer` (class attributes, or set in its `__init__`) that the plugin reads.
 TRAINER_ATTRIBUTES = (

@@ -4,7 +4,7 @@ pairs: every objective trains through the chunked head, and its first step equal
 import math
 
 import pytest
-from conftest import tiny_args
+from helpers import tiny_args
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import make_pairs, save_checkpoint, tiny_run, write_splits
+from helpers import make_pairs, save_checkpoint, tiny_run, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_BOTH_ENVS = (

@@ -4,7 +4,7 @@ plugin uses: moving the TRL pin fails here first, by name."""
 import inspect
 
 import pytest
-from conftest import make_model, tiny_args
+from helpers import make_model, tiny_args
 from trl import DPOTrainer
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer

@@ -37,7 +37,7 @@ USAGE = """usage: dpo-plugin {train,eval,ppo,compare,bench,assets} [--config rec
   dpo-plugin eval --config recipes/eval.yaml             held-out accuracy and samples through the environments
   dpo-plugin ppo --config recipes/compare/ppo.yaml       PPO against a reward model (the RLHF baseline)
   dpo-plugin compare --config recipes/compare_dpo_ppo.yaml   the DPO paper's comparison, end to end
-  dpo-plugin bench {speed,memory} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
+  dpo-plugin bench {speed,memory,heads} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
   dpo-plugin assets                                      fetch the offline model and data into the cache
 
 `dpo-plugin <command> --help` lists a command's keys. --verbose (or DPO_PLUGIN_VERBOSE=1) shows library warnings;
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"dpo-plugin {command}: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    except (UserError, ValueError, OSError) as error:
+    except (UserError, OSError) as error:  # a bug, any other exception, shows its traceback
         if os.environ.get(DEBUG_ENV) == "1":
             raise
         print(f"dpo-plugin {command}: error: {user_message(error)}", file=sys.stderr)

@@ -11,21 +11,33 @@ import torch
 
 from ..data.loading import first_rows, load_preference_dataset
 from ..data.model_folders import model_folder
-from ..evaluation.heldout import EvaluationReport, preference_accuracies, sampled_completions
-from ..evaluation.policies import CompletionSampler
+from ..evaluation.evaluator import HeldoutEvaluator
+from ..evaluation.heldout import EvaluationReport
 from ..evaluation.rewards import RewardModelReward
-from ..evaluation.scoring import SequenceScorer, as_text
+from ..evaluation.scoring import as_text
 from ..tasks.sentiment.gold import GOLD_TARGETS, GoldSentimentReward
-from ..training.config import REF_QUANTIZATIONS
-from ..training.reference import choose_reference
+from ..training.config import REFERENCE_QUANTIZATION_RULES, ReferenceQuantizationArguments
+from ..training.reference import MIXED, RefQuantization, choose_reference, saved_mixed_reference
 from ..utils.atomic import write_json
 from ..utils.config_files import parse_config
 from ..utils.devices import default_device
-from ..utils.errors import UserError
+from ..utils.errors import ConfigError
+from ..utils.validation import check, integer_at_least, number_above, one_of, required
+
+RULES = {
+    "eval_pairs": integer_at_least(0),
+    "eval_generations": integer_at_least(0),
+    "batch_size": integer_at_least(1),
+    "max_new_tokens": integer_at_least(1),
+    "max_length": integer_at_least(2),
+    "temperature": number_above(0.0, "(sampling)"),
+    "gold_reward": one_of(("none", *GOLD_TARGETS)),
+    **REFERENCE_QUANTIZATION_RULES,
+}
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ReferenceQuantizationArguments):
     """What `dpo-plugin eval` runs: a trained policy and its reference through the environments on held-out data."""
 
     model_name_or_path: str = field(
@@ -37,14 +49,6 @@ class EvalConfig:
         metadata={
             "help": "The reference model. Default: for LoRA adapters, their base model with the adapters off; a full "
             "checkpoint needs it set (e.g. smollm2-135m-instruct)."
-        },
-    )
-    ref_quantization: str = field(
-        default="none",
-        metadata={
-            "help": "Load the reference as training did: `none`, `nf4`, `fp4` or `int8` (bitsandbytes). Of the "
-            "adapters' base model, or of ref_model_name_or_path.",
-            "choices": list(REF_QUANTIZATIONS),
         },
     )
     dataset_name: str = field(default=None, metadata={"help": "Local file or folder, built-in name, or hub id."})
@@ -81,24 +85,30 @@ class EvalConfig:
     output_file: str = field(default="outputs/eval.json", metadata={"help": "Where the JSON report is written."})
 
     def __post_init__(self):
-        for name in ("model_name_or_path", "dataset_name"):  # first: nothing else means anything without them
-            if not getattr(self, name):
-                raise UserError(f"{name} is required (see recipes/eval.yaml).")
-        for name in ("eval_pairs", "eval_generations"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.gold_reward not in ("none", *GOLD_TARGETS):
-            raise ValueError(f"gold_reward {self.gold_reward!r} is not known. Valid values: {('none', *GOLD_TARGETS)}.")
+        # first: nothing else means anything without them
+        required(self, "model_name_or_path", "dataset_name", hint="see recipes/eval.yaml")
+        check(self, RULES)
         if self.eval_generations and self.gold_reward == "none" and not self.reward_model_name_or_path:
-            raise ValueError(
+            raise ConfigError(
                 "eval_generations > 0 needs a reward to rate the samples: set gold_reward or "
                 "reward_model_name_or_path, or set eval_generations: 0."
             )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (sampling), got {self.temperature}.")
+
+    def reference_quantization(self, policy_folder: str) -> tuple[str | None, RefQuantization]:
+        """The reference checkpoint and how to hold it: as the config says, or for `mixed` the checkpoint and plan
+        the run saved in `policy_folder` (`reference.save_mixed_plan`)."""
+        if self.ref_quantization != MIXED:
+            quantization = RefQuantization(
+                self.ref_quantization, self.ref_bnb_4bit_compute_dtype, self.ref_bnb_4bit_use_double_quant
+            )
+            return self.ref_model_name_or_path, quantization
+        checkpoint, quantization = saved_mixed_reference(policy_folder)
+        if self.ref_model_name_or_path and model_folder(self.ref_model_name_or_path) != checkpoint:
+            raise ConfigError(
+                f"ref_quantization: mixed rebuilds the reference the run trained against, from {checkpoint}; "
+                f"ref_model_name_or_path is {self.ref_model_name_or_path}: unset it."
+            )
+        return checkpoint, quantization
 
 
 def evaluate(argv: list[str]) -> dict:
@@ -112,31 +122,26 @@ def evaluate(argv: list[str]) -> dict:
     policy, reference, tokenizer = _load_policy_and_reference(config)
     pairs = as_text(raw, tokenizer)
     autocast = _autocast(config.bf16, policy.device)
-    reference_context = lambda: reference.context(autocast)  # noqa: E731
-    scorers = [
-        SequenceScorer(model, tokenizer, config.max_length, config.batch_size, context)
-        for model, context in ((policy, autocast), (reference.model, reference_context))
-    ]
+    evaluator = HeldoutEvaluator(
+        (policy, autocast),
+        (reference.model, lambda: reference.context(autocast)),
+        tokenizer,
+        config.batch_size,
+        config.max_length,
+    )
     report = EvaluationReport(pairs=min(config.eval_pairs, len(pairs)), accuracy={})
     if config.eval_pairs:
-        report.accuracy = preference_accuracies(
-            *scorers, first_rows(pairs, config.eval_pairs), config.batch_size, config.seed
-        )
+        report.accuracy = evaluator.accuracies(first_rows(pairs, config.eval_pairs), config.seed)
     rewards = {}
     if config.eval_generations:
         rewards = _sample_rewards(config, tokenizer)
         prompts = list(first_rows(pairs, config.eval_generations)["prompt"])
         generation = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
-        for name, model, context, kl_scorers in (
-            ("reference", reference.model, reference_context, None),
-            ("policy", policy, autocast, scorers),
-        ):
-            sampler = CompletionSampler(model, tokenizer, generation, context)
-            report.samples[name] = sampled_completions(
-                sampler, prompts, rewards, kl_scorers, config.batch_size, config.seed, f"Sampling from the {name}"
-            )
+        for name in ("reference", "policy"):
+            report.samples[name] = evaluator.samples(prompts, rewards, generation, config.seed, sample_from=name)
     print(report.table())
-    results = {"config": asdict(config), **report.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
+    results = {"config": asdict(config), "reference": _reference_summary(reference), **report.to_dict()}
+    results["seconds"] = round(time.perf_counter() - started, 1)
     if "gold_sentiment" in rewards:
         summary = rewards["gold_sentiment"].classifier.summary()
         results["gold_sentiment_classifier"] = summary
@@ -151,25 +156,36 @@ def _load_policy_and_reference(config: EvalConfig):
 
     LoRA adapters with no `ref_model_name_or_path` and no `ref_quantization` share one model: the reference is the
     policy, adapters off. Otherwise the reference is loaded as training loaded it (the adapters' base model or
-    `ref_model_name_or_path`, in `ref_quantization`).
+    `ref_model_name_or_path`, in `ref_quantization`; `mixed`: the plan the run saved).
     """
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_folder(config.model_name_or_path)
     is_adapter = (Path(path) / "adapter_config.json").is_file()
-    if not is_adapter and not config.ref_model_name_or_path:
-        raise ValueError(
+    checkpoint, quantization = config.reference_quantization(path)
+    if not is_adapter and not checkpoint:
+        raise ConfigError(
             f"{path} is a full model, so eval cannot tell what it was trained against: set ref_model_name_or_path "
             "(e.g. smollm2-135m-instruct)."
         )
     auto_model = AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM
     policy = auto_model.from_pretrained(path).to(default_device()).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    reference = choose_reference(
-        policy, checkpoint=config.ref_model_name_or_path, quantization=config.ref_quantization, tokenizer=tokenizer
-    )
+    reference = choose_reference(policy, checkpoint=checkpoint, quantization=quantization, tokenizer=tokenizer)
     return policy, reference, tokenizer
+
+
+def _reference_summary(reference) -> dict:
+    """What the report was scored against: the reference in one line, how its weights are held (a mixed plan's
+    per-layer precisions), and a separate reference's bytes in memory."""
+    plan = reference.quantization.plan
+    summary = {"description": reference.describe(), "quantization": reference.quantization.mode}
+    if plan is not None:
+        summary["plan"] = {"layers": plan.precisions, "bf16_embeddings": plan.bf16_embeddings}
+    if reference.separate:
+        summary["memory_bytes"] = reference.model.get_memory_footprint()
+    return summary
 
 
 def _autocast(bf16: bool, device: torch.device):

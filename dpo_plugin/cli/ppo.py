@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..evaluation.rewards import RewardModelReward
 from ..rlhf.recipe import build_ppo_trainer, parse_ppo_recipe, training_prompts
+from ..utils.errors import ConfigError
 from ..utils.plots import plot_training_curves
 
 
@@ -13,7 +14,7 @@ def ppo(argv: list[str]) -> list[dict]:
     """PPO against a reward model (`recipes/ppo.yaml`): writes the policy, value head, state and a training plot."""
     script_args, ppo_config, model_args = parse_ppo_recipe(argv)
     if not script_args.reward_model_name_or_path:
-        raise ValueError(
+        raise ConfigError(
             "reward_model_name_or_path is required: a sequence classifier with one output, e.g. the reward model "
             "`dpo-plugin compare` trains (outputs/compare/reward_model)."
         )

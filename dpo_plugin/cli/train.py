@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..training.launch import launch_training
 from ..training.recipe import parse_recipe
+from ..utils.errors import ConfigError
 
 
 def train(argv: list[str]) -> dict | None:
@@ -24,7 +25,7 @@ def train(argv: list[str]) -> dict | None:
         launch_training(argv, launch_args, "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no")
         return None
     from ..data.loading import first_rows  # imported here, after parsing, so that `--help` answers sooner
-    from ..evaluation.heldout import EvaluationReport, preference_accuracies
+    from ..evaluation.heldout import EvaluationReport
     from ..evaluation.scoring import as_text
     from ..training.recipe import build_trainer
     from ..utils.atomic import removed_if_left_empty, write_json
@@ -32,11 +33,10 @@ def train(argv: list[str]) -> dict | None:
 
     with removed_if_left_empty(training_args.output_dir):  # a run that fails before writing anything leaves no trace
         trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
-        tokenizer = trainer.processing_class
-        heldout = None
+        heldout, evaluator = None, None
         if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
-            heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), tokenizer)
-        reference_scores, start_scores = _scores_before_training(trainer, heldout, data_args.heldout_batch_size)
+            heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), trainer.processing_class)
+            evaluator = heldout_evaluator(trainer, heldout, data_args.heldout_batch_size)
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
@@ -51,12 +51,9 @@ def train(argv: list[str]) -> dict | None:
         "train_seconds": round(train_seconds, 1),
         "log_history": trainer.state.log_history,
     }
-    if heldout is not None:
+    if evaluator is not None:
         started = time.perf_counter()
-        batch_size = data_args.heldout_batch_size
-        policy, reference = heldout_scorers(trainer, batch_size)
-        accuracy = preference_accuracies(policy, reference_scores or reference, heldout, batch_size, start=start_scores)
-        report = EvaluationReport(pairs=len(heldout), accuracy=accuracy)
+        report = EvaluationReport(pairs=len(heldout), accuracy=evaluator.accuracies(heldout))
         results["heldout"] = report.to_dict()
         results["heldout_seconds"] = round(time.perf_counter() - started, 1)
         print(report.table())
@@ -69,57 +66,35 @@ def train(argv: list[str]) -> dict | None:
     return results
 
 
-def _scores_before_training(trainer, heldout, batch_size: int) -> tuple:
-    """Held-out log-probs under the policy before it trains, scored now and kept (`FrozenScores`), as
-    `(reference, start)`, each None where not needed:
+def heldout_evaluator(trainer, heldout, batch_size: int = 16):
+    """The trained policy against the reference it trains against, in training precision, built before training:
 
-    - `reference`: with precomputed reference log-probs no reference is held while training, so the held-out pairs'
-      are computed in the same pass, from the policy as it starts;
-    - `start`: with a quantized reference, the policy as it starts (π_0, full precision), so that held-out pairs are
-      also ranked by log π_θ − log π_0, what training changed, without the reference's quantization error in it.
+    - with precomputed reference log-probs no reference is held while training, so the held-out pairs' are scored
+      now, from the policy as it starts;
+    - with a quantized reference, the policy as it starts (π_0, full precision) is scored now too, so that held-out
+      pairs are also ranked by log π_θ − log π_0, what training changed, without the quantization error in it.
     """
-    from ..evaluation.scoring import FrozenScores, SequenceScorer
+    from ..evaluation.evaluator import HeldoutEvaluator
     from ..training.reference import INITIAL_POLICY
 
     reference = trainer.reference
-    if heldout is None or reference is None:
-        return None, None
-    prompts = list(heldout["prompt"]) * 2
-    completions = list(heldout["chosen"]) + list(heldout["rejected"])
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    max_length, tokenizer = trainer.args.max_length, trainer.processing_class
-    was_training = policy.training
-    policy.eval()
-    try:
-        if reference.kind == INITIAL_POLICY:
-            scorer = SequenceScorer(reference.model, tokenizer, max_length, batch_size, trainer.reference_context)
-            return FrozenScores(scorer, prompts, completions), None
-        if reference.quantization != "none":
-            scorer = SequenceScorer(policy, tokenizer, max_length, batch_size, trainer.accelerator.autocast)
-            return None, FrozenScores(scorer, prompts, completions)
-        return None, None
-    finally:
-        policy.train(was_training)
-
-
-def heldout_scorers(trainer, batch_size: int = 16) -> tuple:
-    """`SequenceScorer`s of the trained policy and of the reference it trained against, in training precision (the
-    reference's is of no use after a run with precomputed log-probs: see `_scores_before_training`)."""
-    from ..evaluation.scoring import SequenceScorer
-
-    if trainer.reference is None:
-        raise ValueError(
-            "Scoring against the reference needs one, but this run is reference_free: use `dpo-plugin eval` with "
-            "ref_model_name_or_path."
+    if reference is None:
+        raise ConfigError(
+            "heldout_eval_pairs scores against the reference, but this run is reference_free: set "
+            "heldout_eval_pairs: 0 and use `dpo-plugin eval` with ref_model_name_or_path."
         )
-    policy = trainer.accelerator.unwrap_model(trainer.model).eval()
-    max_length = trainer.args.max_length
-    return (
-        SequenceScorer(policy, trainer.processing_class, max_length, batch_size, trainer.accelerator.autocast),
-        SequenceScorer(
-            trainer.reference.model, trainer.processing_class, max_length, batch_size, trainer.reference_context
-        ),
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    evaluator = HeldoutEvaluator(
+        (policy, trainer.accelerator.autocast),
+        (reference.model, trainer.reference_context),
+        trainer.processing_class,
+        batch_size,
+        trainer.args.max_length,
     )
+    evaluator.keep_scores_before_training(
+        heldout, reference=reference.kind == INITIAL_POLICY, start=reference.quantization.mode != "none"
+    )
+    return evaluator
 
 
 def _exit_interrupted(trainer, argv: list[str]) -> None:

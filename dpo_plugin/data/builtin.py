@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from datasets import Dataset
 
+from ..utils.errors import UserError
+
 BUILTIN_SPLITS = ("train", "test")
 
 # name -> `function(split) -> Dataset`, or the "module:function" that defines it.
@@ -21,9 +23,9 @@ BUILTIN_DATASETS: dict[str, str | Callable[[str], Dataset]] = {
 def load_builtin(name: str, split: str) -> Dataset:
     """A built-in dataset (a key of ``BUILTIN_DATASETS``) for ``split`` ``"train"`` or ``"test"`` (held out)."""
     if name not in BUILTIN_DATASETS:
-        raise ValueError(f"Unknown built-in dataset {name!r}: choose one of {sorted(BUILTIN_DATASETS)}.")
+        raise UserError(f"Unknown built-in dataset {name!r}: choose one of {sorted(BUILTIN_DATASETS)}.")
     if split not in BUILTIN_SPLITS:
-        raise ValueError(f"Built-in dataset {name!r} has no split {split!r}: choose one of {list(BUILTIN_SPLITS)}.")
+        raise UserError(f"Built-in dataset {name!r} has no split {split!r}: choose one of {list(BUILTIN_SPLITS)}.")
     loader = BUILTIN_DATASETS[name]
     if isinstance(loader, str):
         module, function = loader.split(":")

@@ -13,6 +13,8 @@ from typing import Any
 from datasets import Dataset
 from trl.data_utils import maybe_extract_prompt
 
+from ..utils.errors import UserError
+
 Messages = list[dict[str, str]]
 
 HH_TURN_MARKER = re.compile(r"\n\n(Human|Assistant):")
@@ -52,7 +54,7 @@ def detect_format(dataset: Dataset) -> PreferenceFormat:
         if isinstance(chosen, str) and isinstance(first["rejected"], str) and "prompt" not in columns:
             return PreferenceFormat.IMPLICIT_STANDARD
     accepted = "; ".join(f"({number}) {layout.value}" for number, layout in enumerate(PreferenceFormat, 1))
-    raise ValueError(
+    raise UserError(
         f"Unrecognised preference dataset with {len(dataset)} rows and columns {sorted(columns)}. Accepted formats: "
         f"{accepted}. Rename or convert the columns to one of these."
     )
@@ -73,7 +75,7 @@ def _hh_rlhf_to_conversation(example: dict[str, Any], index: int) -> dict[str, M
     chosen = _parse_hh_transcript(example["chosen"], index, "chosen")
     rejected = _parse_hh_transcript(example["rejected"], index, "rejected")
     if chosen[:-1] != rejected[:-1]:
-        raise ValueError(
+        raise UserError(
             f"Row {index}: the chosen and rejected HH-RLHF transcripts differ before their final Assistant turn; "
             "a preference pair must answer the same dialogue. Fix or remove this row."
         )
@@ -85,7 +87,7 @@ def _parse_hh_transcript(transcript: str, index: int, field: str) -> Messages:
     head, *parts = HH_TURN_MARKER.split(transcript)
     speakers, contents = parts[0::2], parts[1::2]
     if head.strip() or len(speakers) < 2 or speakers[-1] != "Assistant":
-        raise ValueError(
+        raise UserError(
             f"Row {index}, field {field!r}: not an HH-RLHF transcript. Expected turns '\\n\\nHuman: ...' and "
             f"'\\n\\nAssistant: ...' from the start, ending with an Assistant turn; got {transcript[:120]!r}."
         )

@@ -33,11 +33,11 @@ def load_preference_dataset(name: str, split: str, config: str | None = None, **
     label = f"{name} ({split!r} split)"
     if path.exists() or name in BUILTIN_DATASETS:
         if config is not None:
-            raise ValueError(f"config={config!r} applies only to hub datasets, not to the local or built-in {name!r}.")
+            raise UserError(f"config={config!r} applies only to hub datasets, not to the local or built-in {name!r}.")
         if not path.exists():
             return _normalized(load_builtin(name, split), label)
         if path.is_file() and split != "train":
-            raise ValueError(
+            raise UserError(
                 f"{path} is a single file, so its only split is 'train', not {split!r}. To give it a {split!r} "
                 f"split, put it in a folder as {split}{path.suffix} beside train{path.suffix}."
             )
@@ -52,7 +52,7 @@ def load_preference_files(files: list[Path], label: str) -> Dataset:
     read says which file, which line and what was expected (`file_errors`). `label` names the data in errors."""
     builders = {LOCAL_FILE_BUILDERS.get(file.suffix) for file in files}
     if len(builders) != 1 or None in builders:
-        raise ValueError(
+        raise UserError(
             f"Cannot read {[str(file) for file in files]} as one dataset: use files of one kind, "
             f"with a suffix among {sorted(LOCAL_FILE_BUILDERS)}."
         )
@@ -85,7 +85,7 @@ def _split_files(folder: Path, split: str) -> list[Path]:
     pattern = re.compile(rf"{re.escape(split)}([-_.].*)?")
     matching = [file for file in data_files if pattern.fullmatch(file.stem)]
     if not matching:
-        raise ValueError(
+        raise UserError(
             f"No {split!r} data in folder {folder}: expected files named {split}.jsonl, {split}.json, "
             f"{split}.csv or {split}.parquet (or {split}-*.*); found {[file.name for file in data_files]}."
         )
@@ -97,7 +97,7 @@ def load_hub_dataset(name: str, split: str, config: str | None = None, **kwargs)
     try:
         return datasets.load_dataset(name, config, split=split, **kwargs)
     except Exception as error:  # the hub client raises many types (network, auth, missing config or split)
-        raise ValueError(
+        raise UserError(
             f"{name!r} is not a local file or folder nor a built-in dataset ({sorted(BUILTIN_DATASETS)}), so it was "
             f"loaded as a Hugging Face Hub dataset id (config={config!r}, split={split!r}), which failed: {error}. "
             f"Check the path, pick a built-in, or use a .json/.jsonl/.csv/.parquet file or a folder of them."

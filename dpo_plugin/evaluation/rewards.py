@@ -14,6 +14,7 @@ import torch
 
 from ..data.model_folders import model_folder
 from ..utils.devices import default_device
+from ..utils.errors import UserError
 from .scoring import SequenceScorer
 
 
@@ -76,7 +77,7 @@ class RewardModelReward:
         context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     ):
         if model.config.num_labels != 1:
-            raise ValueError(
+            raise UserError(
                 f"A reward model has one output (num_labels=1, as TRL's RewardTrainer trains it); this one has "
                 f"{model.config.num_labels}."
             )

@@ -16,7 +16,6 @@ The value head is a linear layer on the policy's last hidden state (shared trunk
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections import defaultdict
@@ -33,9 +32,10 @@ from tqdm.auto import tqdm
 
 from ..evaluation.policies import CompletionSampler
 from ..objectives.logprobs import IGNORE_INDEX, log_probs_from_logits, masked_sum, token_logps
-from ..training.guards import NonFiniteTrainingError
 from ..training.reference import choose_reference
 from ..utils.atomic import staged_folder, write_json
+from ..utils.errors import ConfigError, NonFiniteTrainingError
+from ..utils.validation import check, integer_at_least, number_above, number_at_least, number_in
 from .ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -50,36 +50,23 @@ VALUE_HEAD_NAME = "value_head.pt"
 STATE_NAME = "ppo_state.json"
 
 
-def _at_least(bound: float) -> Callable[[float], bool]:
-    return lambda value: math.isfinite(value) and value >= bound
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
-
-
-def _fraction(value: float) -> bool:
-    return 0.0 <= value <= 1.0
-
-
-# Field -> (test, the valid range as the error message states it).
-_VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "steps": (_at_least(1), "an integer >= 1"),
-    "rollout_batch_size": (_at_least(1), "an integer >= 1"),
-    "mini_batch_size": (_at_least(1), "an integer >= 1"),
-    "ppo_epochs": (_at_least(1), "an integer >= 1"),
-    "learning_rate": (_positive, "a finite number > 0"),
-    "kl_coef": (_at_least(0), "a finite number >= 0"),
-    "gamma": (_fraction, "in [0, 1]"),
-    "lam": (_fraction, "in [0, 1]"),
-    "clip_range": (_positive, "a finite number > 0"),
-    "clip_range_value": (_positive, "a finite number > 0"),
-    "vf_coef": (_at_least(0), "a finite number >= 0"),
-    "max_grad_norm": (_positive, "a finite number > 0"),
-    "max_new_tokens": (_at_least(1), "an integer >= 1"),
-    "logging_steps": (_at_least(1), "an integer >= 1"),
-    "save_steps": (_at_least(0), "an integer >= 0 (0: only the final save)"),
-    "eval_steps": (_at_least(0), "an integer >= 0 (0: only before training and at the end)"),
+PPO_RULES = {
+    "steps": integer_at_least(1),
+    "rollout_batch_size": integer_at_least(1),
+    "mini_batch_size": integer_at_least(1),
+    "ppo_epochs": integer_at_least(1),
+    "learning_rate": number_above(0.0),
+    "kl_coef": number_at_least(0.0),
+    "gamma": number_in(0.0, 1.0),
+    "lam": number_in(0.0, 1.0),
+    "clip_range": number_above(0.0),
+    "clip_range_value": number_above(0.0),
+    "vf_coef": number_at_least(0.0),
+    "max_grad_norm": number_above(0.0),
+    "max_new_tokens": integer_at_least(1),
+    "logging_steps": integer_at_least(1),
+    "save_steps": integer_at_least(0, "(0: only the final save)"),
+    "eval_steps": integer_at_least(0, "(0: only before training and at the end)"),
 }
 
 
@@ -140,12 +127,9 @@ class PPOConfig:
     )
 
     def __post_init__(self):
-        for name, (is_valid, valid_range) in _VALID_RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_valid(value):
-                raise ValueError(f"PPOConfig.{name} must be {valid_range}, got {value!r}.")
+        check(self, PPO_RULES)
         if self.rollout_batch_size % self.mini_batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"PPOConfig.mini_batch_size must divide rollout_batch_size={self.rollout_batch_size}, "
                 f"got {self.mini_batch_size}."
             )

@@ -47,11 +47,11 @@ def training_prompts(script_args: PPOScriptArguments):
         load_preference_dataset(script_args.dataset_name, script_args.dataset_train_split), script_args.max_prompts
     )
     if len(rows) == 0 or "prompt" not in rows.column_names:
-        raise ValueError(
+        raise UserError(
             f"{script_args.dataset_name} ({script_args.dataset_train_split}) has no `prompt` rows to roll out from."
         )
     if not isinstance(rows[0]["prompt"], str):
-        raise ValueError(
+        raise UserError(
             f"{script_args.dataset_name}: PPO rollouts take raw-text prompts, but the `prompt` column holds "
             "conversations; use a dataset with string prompts (e.g. sentiment-generation)."
         )

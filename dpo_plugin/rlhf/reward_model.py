@@ -23,6 +23,15 @@ from ..data.assets import resolve_model
 from ..evaluation.heldout import Accuracy
 from ..evaluation.rewards import RewardModelReward
 from ..evaluation.scoring import as_text
+from ..utils.validation import check, integer_at_least, number_above, required
+
+REWARD_MODEL_RULES = {
+    "learning_rate": number_above(0.0),
+    "num_train_epochs": number_above(0.0),
+    "per_device_train_batch_size": integer_at_least(1),
+    "eval_batch_size": integer_at_least(1),
+    "max_length": integer_at_least(1),
+}
 
 
 @dataclass
@@ -48,14 +57,8 @@ class RewardModelConfig:
     seed: int = field(default=42, metadata={"help": "Seed of the new reward head's weights and of the data order."})
 
     def __post_init__(self):
-        if not self.output_dir:
-            raise ValueError("output_dir must name a folder to save the reward model in, got an empty value.")
-        for name in ("learning_rate", "num_train_epochs"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}.")
-        for name in ("per_device_train_batch_size", "eval_batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
+        required(self, "output_dir", hint="the folder the reward model is saved in")
+        check(self, REWARD_MODEL_RULES)
 
     def reward_config(self) -> RewardConfig:
         """TRL's `RewardConfig` for these settings: on a CPU without bf16; no gradient checkpointing, no checkpoints."""

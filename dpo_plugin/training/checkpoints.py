@@ -18,8 +18,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..data.model_folders import check_model_folder
 from ..utils.atomic import atomic_file, publish_folder, staged_folder
-from ..utils.errors import UserError
-from .guards import NonFiniteTrainingError, weights_are_finite
+from ..utils.errors import NonFiniteTrainingError, UserError
+from .guards import weights_are_finite
 
 logger = logging.getLogger("dpo_plugin")
 

@@ -1,20 +1,18 @@
 """`PreferenceConfig`: TRL's `DPOConfig` plus the plugin's objectives, validated at construction."""
 
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
 from ..objectives.losses import OBJECTIVES, TOKEN_LEVEL_OBJECTIVES
+from ..utils.errors import ConfigError
+from ..utils.validation import check, integer_at_least, number_above, number_at_least, number_in, one_of
+from .reference import BNB_COMPUTE_DTYPES, MIXED, REF_PRECISIONS, RefQuantization
 
 logger = logging.getLogger("dpo_plugin")
 
-REF_QUANTIZATIONS = ("none", "nf4", "fp4", "int8")  # one bitsandbytes quantization for the whole reference
-MIXED = "mixed"  # NF4, int8 or full precision per layer, within `ref_bytes_budget` (`mixed_reference.py`)
-REF_PRECISIONS = (*REF_QUANTIZATIONS, MIXED)
 QLORA_ADAPTER_DTYPES = ("bfloat16", "float32")
-BNB_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # The loss names TRL 1.16's `DPOTrainer._compute_loss` knows; `ipo` is also a plugin name and the plugin's wins.
 TRL_LOSS_TYPES = (
     "sigmoid",
@@ -36,33 +34,66 @@ TRL_LOSS_TYPES = (
 TRL_EQUIVALENTS = {"dpo": "sigmoid", "ipo": "ipo"}
 
 
-def _integer_at_least(bound: int):
-    return lambda value: isinstance(value, int) and value >= bound
+@dataclass
+class ReferenceQuantizationArguments:
+    """The recipe keys that say how π_ref's weights are held, shared by `PreferenceConfig` and `dpo-plugin eval`."""
+
+    ref_quantization: str = field(
+        default="none",
+        metadata={
+            "help": "Load the reference with bitsandbytes: `none`, `nf4` or `fp4` (4-bit), `int8` (LLM.int8), or "
+            "`mixed` (each linear layer NF4, int8 or full precision: in training chosen from its measured sensitivity "
+            "within `ref_bytes_budget`; in `dpo-plugin eval` the plan the run saved). The policy stays as it is (full "
+            "precision or LoRA). Works on CUDA and, with bitsandbytes >= 0.46, the CPU.",
+            "choices": list(REF_PRECISIONS),
+        },
+    )
+    ref_bnb_4bit_compute_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": f"4-bit reference only (ignored otherwise, as TRL's bnb_4bit_* keys are): dtype of its matmuls, "
+            f"one of {BNB_COMPUTE_DTYPES} (default float32)."
+        },
+    )
+    ref_bnb_4bit_use_double_quant: bool = field(
+        default=False,
+        metadata={"help": "4-bit reference only (ignored otherwise): also quantize the quantization constants."},
+    )
 
 
-def _finite_at_least(bound: float):
-    return lambda value: isinstance(value, (int, float)) and math.isfinite(value) and value >= bound
-
-
-# Settings TrainingArguments accepts and that fail only once training starts (after output_dir exists): field ->
-# (test, the valid range as the error states it). None passes (the field is unset).
-RUN_SETTING_RANGES = {
-    "per_device_train_batch_size": (_integer_at_least(1), "an integer >= 1 (pairs per device and step)"),
-    "per_device_eval_batch_size": (_integer_at_least(1), "an integer >= 1"),
-    "gradient_accumulation_steps": (_integer_at_least(1), "an integer >= 1"),
-    "learning_rate": (_finite_at_least(0.0), "a finite number >= 0"),
-    "weight_decay": (_finite_at_least(0.0), "a finite number >= 0"),
-    "max_grad_norm": (_finite_at_least(0.0), "a finite number >= 0 (0: no clipping)"),
-    "num_train_epochs": (_finite_at_least(0.0), "a finite number >= 0"),
-    "warmup_steps": (_finite_at_least(0.0), "a number >= 0"),
-    "max_length": (_integer_at_least(2), "an integer >= 2 (prompt and completion tokens), or unset"),
-    "max_weight_growth": (_finite_at_least(0.0), "a finite number >= 0"),
-    "logits_block_size": (_integer_at_least(1), "an integer >= 1, or unset for the automatic size"),
+REF_BYTES_BUDGET = number_in(0.0, 1.0, "(a fraction of the full-precision bytes)", closed_low=False)
+REFERENCE_QUANTIZATION_RULES = {
+    "ref_quantization": one_of(REF_PRECISIONS),
+    "ref_bnb_4bit_compute_dtype": one_of(BNB_COMPUTE_DTYPES),
 }
+# The plugin's keys and the TrainingArguments settings that fail only once training starts (after output_dir
+# exists), checked when the config is built.
+PREFERENCE_RULES = {
+    "per_device_train_batch_size": integer_at_least(1, "(pairs per device and step)"),
+    "per_device_eval_batch_size": integer_at_least(1),
+    "gradient_accumulation_steps": integer_at_least(1),
+    "learning_rate": number_at_least(0.0),
+    "weight_decay": number_at_least(0.0),
+    "max_grad_norm": number_at_least(0.0, "(0: no clipping)"),
+    "num_train_epochs": number_at_least(0.0),
+    "warmup_steps": number_at_least(0.0),
+    "max_length": integer_at_least(2, "(prompt and completion tokens), or unset"),
+    "max_weight_growth": number_at_least(0.0),
+    "logits_block_size": integer_at_least(1, "or unset for the automatic size"),
+    "beta": number_above(0.0, "(it scales the implicit reward)"),
+    "tdpo_alpha": number_at_least(0.0),
+    **REFERENCE_QUANTIZATION_RULES,
+    "qlora_adapter_dtype": one_of(QLORA_ADAPTER_DTYPES),
+    "ref_bytes_budget": REF_BYTES_BUDGET,
+    "ref_calibration_batches": integer_at_least(1),
+    "ref_gap_batches": integer_at_least(0),
+}
+# ε of cDPO, checked for the plugin's objectives only (TRL's own losses read label_smoothing their own way).
+LABEL_SMOOTHING = number_in(0.0, 0.5, "(the probability a label is flipped)", closed_high=False)
 
 
 @dataclass
-class PreferenceConfig(DPOConfig):
+class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
     """`trl.DPOConfig` with the plugin's objectives.
 
     `loss_type` takes one plugin objective (`dpo`, `ipo`, `tdpo1`, `tdpo2`) or any of TRL's own loss names, which
@@ -156,27 +187,6 @@ class PreferenceConfig(DPOConfig):
             "Default: the policy's own checkpoint. Same tokenizer as the policy. Not combined with `ref_model=`."
         },
     )
-    ref_quantization: str = field(
-        default="none",
-        metadata={
-            "help": "Load the reference with bitsandbytes: `none`, `nf4` or `fp4` (4-bit), `int8` (LLM.int8), or "
-            "`mixed` (each linear layer NF4, int8 or full precision, chosen from its measured sensitivity within "
-            "`ref_bytes_budget`). The policy stays as it is (full precision or LoRA). Works on CUDA and, with "
-            "bitsandbytes >= 0.46, the CPU.",
-            "choices": list(REF_PRECISIONS),
-        },
-    )
-    ref_bnb_4bit_compute_dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": f"4-bit reference only (ignored otherwise, as TRL's bnb_4bit_* keys are): dtype of its matmuls, "
-            f"one of {BNB_COMPUTE_DTYPES} (default float32)."
-        },
-    )
-    ref_bnb_4bit_use_double_quant: bool = field(
-        default=False,
-        metadata={"help": "4-bit reference only (ignored otherwise): also quantize the quantization constants."},
-    )
     ref_bytes_budget: float = field(
         default=0.35,
         metadata={
@@ -220,7 +230,7 @@ class PreferenceConfig(DPOConfig):
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
-        self._validate_run()
+        check(self, PREFERENCE_RULES)
         self._validate_objective()
         self._validate_reference()
         super().__post_init__()
@@ -229,53 +239,34 @@ class PreferenceConfig(DPOConfig):
 
             resume_checkpoint(self.resume_from_checkpoint, self.output_dir, self.allow_partial_resume)
 
-    def _validate_run(self) -> None:
-        for name, (is_valid, valid_range) in RUN_SETTING_RANGES.items():
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not is_valid(value)):
-                raise ValueError(f"{name} must be {valid_range}; got {value!r}.")
-
     @property
     def builds_reference(self) -> bool:
         """Whether the trainer loads π_ref from a checkpoint (another checkpoint, or a quantized one)."""
         return self.ref_model_name_or_path is not None or self.ref_quantization != "none"
 
+    @property
+    def ref_quantization_settings(self) -> RefQuantization:
+        """How the trainer holds π_ref; a mixed reference is planned within `ref_bytes_budget` before training."""
+        return RefQuantization(
+            self.ref_quantization,
+            self.ref_bnb_4bit_compute_dtype,
+            self.ref_bnb_4bit_use_double_quant,
+            self.ref_bytes_budget,
+        )
+
     def _validate_reference(self) -> None:
-        if self.ref_quantization not in REF_PRECISIONS:
-            raise ValueError(
-                f"ref_quantization {self.ref_quantization!r} is not known. Valid values: {', '.join(REF_PRECISIONS)}."
-            )
-        if self.qlora_adapter_dtype not in QLORA_ADAPTER_DTYPES:
-            raise ValueError(
-                f"qlora_adapter_dtype {self.qlora_adapter_dtype!r} is not known. Valid values: "
-                f"{', '.join(QLORA_ADAPTER_DTYPES)}."
-            )
-        if not 0 < self.ref_bytes_budget <= 1:
-            raise ValueError(
-                f"ref_bytes_budget must be in (0, 1] (a fraction of the full-precision bytes); got "
-                f"{self.ref_bytes_budget}."
-            )
-        if self.ref_calibration_batches < 1:
-            raise ValueError(f"ref_calibration_batches must be >= 1; got {self.ref_calibration_batches}.")
         if self.ref_quantization == MIXED and self.precompute_ref_log_probs:
-            raise ValueError(
+            raise ConfigError(
                 "ref_quantization: mixed builds a reference to hold while training, and precompute_ref_log_probs "
                 "holds none: keep one (precomputed log-probs cost no memory and no accuracy, for DPO and IPO)."
             )
-        if self.ref_bnb_4bit_compute_dtype is not None and self.ref_bnb_4bit_compute_dtype not in BNB_COMPUTE_DTYPES:
-            raise ValueError(
-                f"ref_bnb_4bit_compute_dtype {self.ref_bnb_4bit_compute_dtype!r} is not known. Valid values: "
-                f"{', '.join(BNB_COMPUTE_DTYPES)}."
-            )
-        if self.ref_gap_batches < 0:
-            raise ValueError(f"ref_gap_batches must be >= 0; got {self.ref_gap_batches}.")
         if self.builds_reference and self.reference_free:
-            raise ValueError(
+            raise ConfigError(
                 "reference_free runs no reference, so ref_model_name_or_path and ref_quantization have nothing to "
                 "build: unset them or set reference_free: false."
             )
         if self.ref_quantization != "none" and self.sync_ref_model:
-            raise ValueError(
+            raise ConfigError(
                 "sync_ref_model mixes the policy's weights into the reference, which a quantized reference cannot "
                 "take: set sync_ref_model: false or ref_quantization: none."
             )
@@ -313,16 +304,14 @@ class PreferenceConfig(DPOConfig):
         known = OBJECTIVES + TRL_LOSS_TYPES
         unknown = [name for name in self.loss_type if name not in known]
         if unknown:
-            raise ValueError(f"loss_type {unknown} is not known. Valid values: {', '.join(known)}.")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0 (it scales the implicit reward); got {self.beta}.")
+            raise ConfigError(f"loss_type {unknown} is not known. Valid values: {', '.join(known)}.")
         plugin = [name for name in self.loss_type if name in OBJECTIVES]
         if plugin and (self.trl_only_options or len(self.loss_type) > 1):
             self._hand_to_trl(plugin)
             plugin = []
         if not plugin:
             if self.reference_free:
-                raise ValueError("reference_free applies to loss_type 'dpo' only; use loss_type: dpo.")
+                raise ConfigError("reference_free applies to loss_type 'dpo' only; use loss_type: dpo.")
             if self.loss_type == ["sigmoid"] and self.label_smoothing and not self.trl_only_options:
                 logger.warning(
                     "label_smoothing %g has no effect on TRL's sigmoid loss (TRL 1.16's DPOTrainer ignores it too). "
@@ -331,25 +320,19 @@ class PreferenceConfig(DPOConfig):
                 )
             return
         loss = plugin[0]
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(
-                f"label_smoothing must lie in [0, 0.5) (the probability a label is flipped); "
-                f"got {self.label_smoothing}."
-            )
+        check(self, {"label_smoothing": LABEL_SMOOTHING})
         if self.label_smoothing and loss != "dpo":
-            raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'dpo' only; loss_type is '{loss}'.")
-        if self.tdpo_alpha < 0:
-            raise ValueError(f"tdpo_alpha must be ≥ 0; got {self.tdpo_alpha}.")
+            raise ConfigError(f"label_smoothing (cDPO) applies to loss_type 'dpo' only; loss_type is '{loss}'.")
         if self.reference_free and loss != "dpo":
-            raise ValueError(f"reference_free applies to loss_type 'dpo' only; loss_type is '{loss}'.")
+            raise ConfigError(f"reference_free applies to loss_type 'dpo' only; loss_type is '{loss}'.")
         if self.precompute_ref_log_probs and loss in TOKEN_LEVEL_OBJECTIVES:
-            raise ValueError(
+            raise ConfigError(
                 f"precompute_ref_log_probs cannot be used with loss_type '{loss}': token-level DPO needs the "
                 "reference's full next-token distribution at every completion position, not summed log-probs. "
                 "Set precompute_ref_log_probs: false."
             )
         if self.precompute_ref_log_probs and self.reference_free:
-            raise ValueError(
+            raise ConfigError(
                 "precompute_ref_log_probs has nothing to compute with reference_free: set one of them off."
             )
 
@@ -360,7 +343,7 @@ class PreferenceConfig(DPOConfig):
         for name in plugin:
             problem = self._why_trl_cannot_compute(name)
             if problem:
-                raise ValueError(
+                raise ConfigError(
                     f"loss_type '{name}' with {beside}: only TRL's DPOTrainer computes {beside}, and {problem}. "
                     f"Unset {beside}, or change that setting."
                 )
@@ -383,3 +366,18 @@ class PreferenceConfig(DPOConfig):
         if name == "ipo" and not self.ipo_normalize:
             return "TRL's ipo is the length-averaged form only (ipo_normalize: true)"
         return None
+
+
+def as_preference_config(args: DPOConfig) -> PreferenceConfig:
+    """The config `PreferenceTrainer` reads: a `PreferenceConfig` as it is; TRL's own `DPOConfig` converted, every
+    value it holds kept and the plugin's keys at their defaults (so `DPOTrainer` recipes switch by changing the
+    class); anything else a `ConfigError` saying what to pass."""
+    if isinstance(args, PreferenceConfig):
+        return args
+    if type(args) is not DPOConfig:
+        raise ConfigError(
+            f"args is a {type(args).__name__}: PreferenceTrainer takes a dpo_plugin.PreferenceConfig (or TRL's "
+            "DPOConfig, which it converts). Pass PreferenceConfig(...) with the same keys."
+        )
+    logger.info("args is TRL's DPOConfig: converted to PreferenceConfig, the plugin's own keys at their defaults.")
+    return PreferenceConfig(**{f.name: getattr(args, f.name) for f in fields(DPOConfig) if f.init})

@@ -13,12 +13,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..utils.errors import UserError
-
-
-class NonFiniteTrainingError(UserError, RuntimeError):
-    """The loss, the gradients or the weights became NaN, infinite or exploded; the message says where and what to
-    do."""
+from ..utils.errors import NonFiniteTrainingError
 
 
 def gradients_are_finite(model: torch.nn.Module) -> bool:

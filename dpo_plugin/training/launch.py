@@ -12,6 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.errors import ConfigError
+from ..utils.validation import check, integer_at_least
+
 logger = logging.getLogger("dpo_plugin")
 
 # The named accelerate configs ship inside the package, so a wheel install finds them too.
@@ -51,8 +54,7 @@ class LaunchArguments:
     launcher_flags = ()
 
     def __post_init__(self):
-        if self.num_processes is not None and self.num_processes < 1:
-            raise ValueError(f"num_processes must be >= 1, got {self.num_processes}.")
+        check(self, {"num_processes": integer_at_least(1)})
         if self.accelerate_config is not None:
             self.accelerate_config = str(resolve_accelerate_config(self.accelerate_config))
 
@@ -76,7 +78,7 @@ def resolve_accelerate_config(name_or_path: str) -> Path:
             return folder / name
     ours = sorted(p.stem for p in ACCELERATE_CONFIG_DIR.glob("*.yaml"))
     trls = sorted(p.stem for p in trl_accelerate_configs().glob("*.yaml")) if trl_accelerate_configs() else []
-    raise ValueError(
+    raise ConfigError(
         f"accelerate_config {name_or_path!r} is neither a file nor a shipped config: the plugin ships "
         f"{', '.join(ours) or f'none ({ACCELERATE_CONFIG_DIR} is missing)'}; TRL ships {', '.join(trls) or 'none'}."
     )

@@ -39,7 +39,8 @@ from torch import nn
 from ..data.assets import cache_dir
 from ..objectives.logprobs import completion_logits, log_probs_from_logits, token_logps
 from ..utils.atomic import write_json
-from .reference import quiet_int8_cast_warning
+from ..utils.errors import ConfigError
+from ..utils.quiet import quiet_int8_cast_warning
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -259,7 +260,7 @@ def check_budget(layers: dict[str, nn.Linear], full_bytes: int, budget: float, s
     smallest = all_nf4_bytes(layers, full_bytes, saved) / full_bytes
     if smallest > budget:
         tables = "in bfloat16" if saved else "in full precision (bfloat16 under bf16 autocast)"
-        raise ValueError(
+        raise ConfigError(
             f"ref_bytes_budget {budget} is below this model's smallest mixed reference: every linear layer in NF4 "
             f"takes {smallest:.3f}× the full-precision bytes (the embeddings and LM head {tables}). "
             f"Set ref_bytes_budget to at least {smallest:.3f}, or use ref_quantization: nf4."

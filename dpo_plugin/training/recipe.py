@@ -65,7 +65,7 @@ def load_policy(model_args: ModelConfig, device):
     placed on `device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .reference import quiet_int8_cast_warning
+    from ..utils.quiet import quiet_int8_cast_warning
 
     model_path = model_folder(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UserError, one_line
+from .errors import ConfigError, UserError, one_line
 
 
 def parse_config(
@@ -17,7 +17,8 @@ def parse_config(
     keys no dataclass knows but `passed_on(key)` accepts (as `trl dpo` passes such keys on to `accelerate launch`).
 
     A missing or unparsable config file and keys no dataclass knows (in the file or on the command line, with the
-    nearest known key suggested) are `UserError`s; a field's own validation (`__post_init__`) raises as it does.
+    nearest known key suggested) are `UserError`s, and so is a `ValueError` from a dataclass's own validation
+    (`__post_init__`): a `ConfigError` with its message.
     """
     import yaml
     from trl import TrlParser
@@ -32,6 +33,10 @@ def parse_config(
         *instances, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except yaml.YAMLError as error:
         raise UserError(f"{config} is not valid YAML: {one_line(error)}") from error
+    except UserError:
+        raise
+    except ValueError as error:  # a dataclass's own validation, e.g. TrainingArguments' `__post_init__`
+        raise ConfigError(one_line(error)) from error
     accepted = _key_value_pairs(unknown, passed_on) if passed_on is not None else []
     rejected = [item for item in unknown if item not in accepted]
     if rejected:

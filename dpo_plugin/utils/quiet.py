@@ -41,3 +41,16 @@ def quiet_library_warnings() -> None:
         logging.getLogger(logger_name).addFilter(
             lambda record, prefix=prefix: not record.getMessage().startswith(prefix)
         )
+
+
+def quiet_int8_cast_warning() -> None:
+    """bitsandbytes' 8-bit matmul logs "inputs will be cast ... to float16" on every call of every layer: the cast
+    is how LLM.int8 works, so the message is dropped once rather than flooding the log."""
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Int8CastFilter) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_Int8CastFilter())
+
+
+class _Int8CastFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be cast from" not in record.getMessage()

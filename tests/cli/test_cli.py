@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import cli_error, make_pairs, make_tokenizer, save_checkpoint, tiny_reward_model, tiny_run, write_splits
 from datasets import Dataset
+from helpers import cli_error, make_pairs, make_tokenizer, save_checkpoint, tiny_reward_model, tiny_run, write_splits
 from trl import TrlParser
 
 from dpo_plugin.cli import main
@@ -113,27 +113,48 @@ def test_eval_runs_the_environments_on_a_trained_checkpoint(tiny_checkpoint, tmp
     assert len(report["samples"]["policy"]["examples"]) == 3
 
 
-def test_lora_run_against_an_int8_reference_is_evaluated_against_the_same_reference(tmp_path):
-    """Train LoRA adapters against an int8 reference, then `eval --ref_quantization int8`: the implicit-reward
-    accuracy on the same held-out pairs equals the one the run measured with its own reference; and `eval` against the
-    full-precision base equals the run's ranking against the policy's start (zero-initialised adapters: the base)."""
+@pytest.mark.parametrize(
+    "quantization", [["int8"], ["mixed", "--ref_bytes_budget", "0.5"]], ids=lambda settings: settings[0]
+)
+def test_lora_run_against_a_quantized_reference_is_evaluated_against_the_same_reference(
+    quantization, tmp_path, monkeypatch
+):
+    """Train LoRA adapters against an int8 or a mixed-precision reference (the run saves the mixed plan it measured
+    beside its weights), then `eval --ref_quantization <the same>`: the accuracies on the same held-out pairs equal
+    the ones the run measured with its own reference; and `eval` against the full-precision base equals the run's
+    ranking against the policy's start (zero-initialised adapters: the base)."""
+    monkeypatch.setenv("DPO_PLUGIN_CACHE", str(tmp_path / "cache"))  # measured sensitivities: a cache of its own
     checkpoint = save_checkpoint(tmp_path / "tiny-64", hidden_size=64)
     data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(16))
     run = tmp_path / "run"
     lora = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]
-    extra = ["--ref_quantization", "int8", "--heldout_eval_pairs", "16", "--learning_rate", "0.05", *lora]
+    extra = ["--ref_quantization", *quantization, "--heldout_eval_pairs", "16", "--learning_rate", "0.05", *lora]
     main(tiny_run(checkpoint, data, run, *extra))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["reference"]["quantization"] == "int8" and metrics["reference"]["gap"]["sequences"] > 0
+    assert metrics["reference"]["quantization"] == quantization[0] and metrics["reference"]["gap"]["sequences"] > 0
+    if quantization[0] == "mixed":
+        assert len(set(metrics["reference"]["plan"]["layers"].values())) > 1  # a mix, not one precision throughout
     output = tmp_path / "eval.json"
     common = ["eval", "--model_name_or_path", str(run), "--dataset_name", str(data), "--eval_pairs", "16"]
-    main([*common, "--eval_generations", "0", "--ref_quantization", "int8", "--output_file", str(output)])
-    evaluated = json.loads(output.read_text())["accuracy"]
+    main([*common, "--eval_generations", "0", "--ref_quantization", quantization[0], "--output_file", str(output)])
+    evaluated = json.loads(output.read_text())
+    assert evaluated["reference"]["quantization"] == quantization[0]
+    assert evaluated["reference"]["memory_bytes"] == metrics["reference"]["memory_bytes"]  # the same layers held
+    if quantization[0] == "mixed":
+        assert evaluated["reference"]["plan"]["layers"] == metrics["reference"]["plan"]["layers"]
     trained = metrics["heldout"]["accuracy"]
     start = trained.pop(STARTING_POINT_RANKING)
-    assert evaluated == trained
+    assert evaluated["accuracy"] == trained
     main([*common, "--eval_generations", "0", "--output_file", str(output)])
     assert json.loads(output.read_text())["accuracy"]["policy, by implicit reward"] == start
+
+
+def test_eval_of_a_mixed_reference_needs_the_plan_its_run_saved(tiny_checkpoint, tmp_path, capsys):
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(8))
+    main(tiny_run(tiny_checkpoint, data, tmp_path / "run"))  # trained against a full-precision reference
+    command = ["eval", "--model_name_or_path", str(tmp_path / "run"), "--dataset_name", str(data)]
+    command += ["--eval_generations", "0", "--ref_quantization", "mixed"]
+    assert "mixed_reference_plan.json, which does not exist" in cli_error(capsys, command)
 
 
 def test_ppo_command_trains_against_a_reward_model_and_writes_its_outputs(tiny_checkpoint, tmp_path, capsys):

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import cli_error, make_model, make_pairs, make_tokenizer, save_checkpoint, tiny_run, write_splits
+from helpers import cli_error, make_model, make_pairs, make_tokenizer, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
 

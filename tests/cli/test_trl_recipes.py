@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from conftest import make_pairs, save_checkpoint
+from helpers import make_pairs, save_checkpoint
 from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments, TrlParser
 
 from dpo_plugin.cli import main

@@ -2,8 +2,8 @@
 order), through the plugin's loader, with a seeded held-out split and errors that name the part."""
 
 import pytest
-from conftest import make_pairs
 from datasets import Dataset
+from helpers import make_pairs
 from trl import DatasetMixtureConfig, get_dataset
 from trl.scripts.utils import DatasetConfig
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_model
+from helpers import make_model
 
 from dpo_plugin.evaluation.heldout import (
     STARTING_POINT_RANKING,

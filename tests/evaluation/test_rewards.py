@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, tiny_reward_model
+from helpers import make_model, tiny_reward_model
 
 from dpo_plugin.evaluation.policies import CompletionSampler, PreferenceChooser
 from dpo_plugin.evaluation.rewards import ImplicitReward, PreferenceLabelReward, RewardModelReward

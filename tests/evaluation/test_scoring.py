@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import make_model
 from datasets import Dataset
+from helpers import make_model
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
 from dpo_plugin.evaluation.scoring import SequenceScorer, as_text, split_prompt_completion

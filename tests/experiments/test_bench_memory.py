@@ -1,9 +1,12 @@
-"""`dpo-plugin bench memory` on a tiny checkpoint: one fresh process per mode, sizes and peaks reported."""
+"""`dpo-plugin bench memory` on a tiny checkpoint: one fresh process per mode, sizes and peaks reported; `bench heads`
+(and `bench memory --bench_versus_trl true`): one fresh process per contender, on the same batches."""
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import make_pairs, save_checkpoint, tiny_run, write_splits
+from helpers import cli_error, make_pairs, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
 from dpo_plugin.experiments.bench.heads import CONTENDERS, heads_table
@@ -50,16 +53,39 @@ def test_memory_table_ratios_are_to_the_full_precision_row():
     assert "| none | 4.0 | 1.00 |" in table and "| nf4 | 1.2 | 0.30 |" in table
 
 
-def test_the_head_to_head_mode_runs_trl_the_chunked_head_and_full_logits_on_the_same_batches(tmp_path, capsys):
+@pytest.mark.parametrize("command", [["heads"], ["memory", "--bench_versus_trl", "true"]], ids=["heads", "memory"])
+def test_the_head_to_head_runs_trl_the_chunked_head_and_full_logits_on_the_same_batches(command, tmp_path, capsys):
     checkpoint = save_checkpoint(tmp_path / "tiny")
     data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4))
     output = tmp_path / "heads.json"
     _, *recipe = tiny_run(checkpoint, data, tmp_path / "unused")
-    bench = ["--bench_versus_trl", "true", "--bench_objectives", "dpo", "--bench_steps", "2"]
-    main(["bench", "memory", *recipe, *bench, "--learning_rate", "0.01", "--bench_output", str(output)])
-    rows = json.loads(output.read_text())["contenders"]
+    argv = [*recipe, "--bench_objectives", "dpo", "--bench_steps", "2", "--learning_rate", "0.01"]
+    main(["bench", *command, *argv, "--bench_output", str(output)])
+    results = json.loads(output.read_text())
+    assert results["argv"] == [*command[1:], *argv, "--bench_output", str(output)]
+    rows = results["contenders"]
     assert [row["contender"] for row in rows] == list(CONTENDERS)
     trl, chunked, full = (row["losses"] for row in rows)
     assert chunked == pytest.approx(full, abs=1e-5) and chunked == pytest.approx(trl, abs=1e-4)  # same batches
     assert all(row["peak_rss_growth_bytes"] > 0 and row["seconds_per_step"] > 0 for row in rows)
     assert heads_table(rows) in capsys.readouterr().out
+
+
+def test_bench_heads_names_a_bad_objective_and_takes_no_memory_keys(tmp_path, capsys):
+    _, *recipe = tiny_run(save_checkpoint(tmp_path / "tiny"), tmp_path / "pairs", tmp_path / "unused")
+    bad_objective = cli_error(capsys, ["bench", "heads", *recipe, "--bench_objectives", "dpo3"])
+    memory_key = cli_error(capsys, ["bench", "heads", *recipe, "--bench_modes", "nf4"])
+    assert (
+        "bench_objectives must be a non-empty list of dpo, ipo" in bad_objective
+        and "['dpo3']" in bad_objective
+        and "bench_modes" in memory_key
+    )
+
+
+def test_the_head_to_head_imports_no_memory_bench():
+    """`bench memory` forwards to `bench heads`, never the other way round."""
+    imported = "import sys, dpo_plugin.experiments.bench.heads; print(*sorted(sys.modules))"
+    modules = subprocess.run(
+        [sys.executable, "-c", imported], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "dpo_plugin.experiments.bench.heads" in modules and "dpo_plugin.experiments.bench.memory" not in modules

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_pairs, save_checkpoint, tiny_run, write_splits
+from helpers import make_pairs, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
 from dpo_plugin.experiments.bench.speed import _batches, _raw_bound, speed_table

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_model, make_tokenizer, save_checkpoint
+from helpers import make_model, make_tokenizer, save_checkpoint
 from trl import TrlParser
 
 from dpo_plugin.cli import main
@@ -65,7 +65,7 @@ def test_probe_interval_spreads_the_probes_over_the_run():
     [
         ({"objectives": ["dpo", "kto"]}, "objectives"),
         ({"seeds": []}, "seeds"),
-        ({"beta_sweep": [0.0]}, "beta values must be > 0"),
+        ({"beta_sweep": [0.0]}, "beta_sweep must be a list; each value must be > 0"),
         ({"eval_pairs": 0}, "eval_pairs"),
         ({"ppo_recipe": "missing.yaml"}, "ppo_recipe"),
     ],

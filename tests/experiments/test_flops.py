@@ -1,7 +1,7 @@
 """The model-FLOPs rule of `bench speed`, against a count by hand, and the matmul rate it is read against."""
 
 import torch
-from conftest import make_model
+from helpers import make_model
 from peft import LoraConfig, get_peft_model
 
 from dpo_plugin.experiments.bench.flops import dense_matmul_rate, model_flops_per_step

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_model, make_pairs, tiny_args
+from helpers import make_model, make_pairs, tiny_args
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
 from datasets import Dataset
+from helpers import make_model, make_tokenizer
 from peft import LoraConfig, get_peft_model
 from trl import TrlParser
 
@@ -20,7 +20,7 @@ from dpo_plugin.rlhf.ppo_math import (
     token_rewards,
     whiten,
 )
-from dpo_plugin.training.guards import NonFiniteTrainingError
+from dpo_plugin.utils.errors import NonFiniteTrainingError
 
 # Two rows: three completion tokens, and one followed by two padding positions (whose values must not matter).
 MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_pairs, save_checkpoint
+from helpers import make_pairs, save_checkpoint
 from transformers import AutoModelForSequenceClassification
 
 from dpo_plugin.evaluation.heldout import Accuracy

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import make_model, make_tokenizer
+from helpers import make_model, make_tokenizer
 
 from dpo_plugin.data import load_builtin, load_preference_dataset
 from dpo_plugin.tasks.sentiment import generation

@@ -7,11 +7,12 @@ import logging
 
 import pytest
 import torch
-from conftest import make_model, tiny_args
+from helpers import make_model, tiny_args
 from peft import LoraConfig
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, TrainerCallback
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
+from dpo_plugin.objectives.chunked_head import head_of
 
 OBJECTIVES = {
     "dpo": {"loss_type": "dpo"},
@@ -104,8 +105,8 @@ def test_every_objective_computes_the_same_step(objective, share_prompt, tokeniz
     chunked, full = both_paths(
         tokenizer, pairs, tmp_path, logits_block_size=7, share_prompt=share_prompt, **OBJECTIVES[objective]
     )
-    assert chunked[3]._chunked_ok and all(chunked[3]._chunked_ok.values())  # it took the chunked path
-    assert not full[3]._chunked_ok
+    assert chunked[3].readers and all(reader.chunked for reader in chunked[3].readers.values())  # the chunked path
+    assert full[3].readers and not any(reader.chunked for reader in full[3].readers.values())
     assert_same_step(chunked, full)
 
 
@@ -167,7 +168,7 @@ def test_soft_capped_logits_take_the_chunked_path(tokenizer, pairs, tmp_path):
         sliding_window=16,
     )
     chunked, full = both_paths(tokenizer, pairs, tmp_path, model=Gemma3ForCausalLM(config), loss_type="tdpo2")
-    assert chunked[3]._chunked_ok[id(chunked[3].model)] and chunked[3]._head(chunked[3].model).transform.softcap == 2.0
+    assert chunked[3].readers[id(chunked[3].model)].chunked and head_of(chunked[3].model)[0].transform.softcap == 2.0
     assert_same_step(chunked, full)
 
 
@@ -186,5 +187,5 @@ def test_a_model_whose_logits_the_head_cannot_reproduce_falls_back_and_says_why(
     with caplog.at_level(logging.WARNING, logger="dpo_plugin"):
         chunked, full = both_paths(tokenizer, pairs, tmp_path, model=model, loss_type="dpo")
     assert "falls back to full logits" in caplog.text and "do not reproduce the model's own logits" in caplog.text
-    assert not chunked[3]._chunked_ok[id(chunked[3].model)]  # the policy falls back; its plain reference need not
+    assert not chunked[3].readers[id(chunked[3].model)].chunked  # the policy falls back; its plain reference need not
     assert_same_step(chunked, full)

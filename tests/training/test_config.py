@@ -18,7 +18,7 @@ def config(**overrides):
         ({"label_smoothing": 0.5}, r"label_smoothing must lie in \[0, 0.5\)"),
         ({"label_smoothing": -0.1}, r"label_smoothing must lie in \[0, 0.5\)"),
         ({"loss_type": "ipo", "label_smoothing": 0.1}, "label_smoothing .* applies to loss_type 'dpo' only"),
-        ({"loss_type": "tdpo2", "tdpo_alpha": -0.5}, "tdpo_alpha must be ≥ 0"),
+        ({"loss_type": "tdpo2", "tdpo_alpha": -0.5}, "tdpo_alpha must be a finite number >= 0"),
         ({"loss_type": "tdpo1", "precompute_ref_log_probs": True}, "precompute_ref_log_probs cannot be used"),
         ({"loss_type": "tdpo2", "precompute_ref_log_probs": True}, "precompute_ref_log_probs: false"),
         ({"loss_type": "ipo", "reference_free": True}, "reference_free applies to loss_type 'dpo' only"),

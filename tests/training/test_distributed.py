@@ -5,7 +5,7 @@ import signal
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import assert_only_complete_checkpoints, logged_steps, make_pairs, save_checkpoint, tiny_run, write_splits
+from helpers import assert_only_complete_checkpoints, logged_steps, make_pairs, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
 from dpo_plugin.training.launch import ACCELERATE_CONFIG_DIR, RELAYED_SIGNALS, LaunchArguments, launch_arguments
@@ -83,7 +83,7 @@ def test_launch_arguments():
     assert flags[2:] == ["--mixed_precision", "bf16", "--num_processes", "4"]
     with pytest.raises(ValueError, match="neither a file nor a shipped config: the plugin ships ddp"):
         LaunchArguments(accelerate_config="zero9")
-    with pytest.raises(ValueError, match="num_processes must be >= 1"):
+    with pytest.raises(ValueError, match="num_processes must be an integer >= 1"):
         LaunchArguments(num_processes=0)
 
 

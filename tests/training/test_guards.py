@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model, tiny_args
+from helpers import make_model, tiny_args
 
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
-from dpo_plugin.training.guards import NonFiniteTrainingError, gradients_are_finite, weights_are_finite
+from dpo_plugin.training.guards import gradients_are_finite, weights_are_finite
+from dpo_plugin.utils.errors import NonFiniteTrainingError
 
 
 def poison_steps(trainer, steps: set[int]):

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import make_model, make_pairs, quantized_trainer
+from helpers import make_model, make_pairs, quantized_trainer
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -126,7 +126,8 @@ def test_at_the_smallest_budget_it_is_transformers_nf4_reference(checkpoint, tok
     nf4 = quantized_trainer(checkpoint, tokenizer, tmp_path / "nf4", ref_quantization="nf4")
     assert set(mixed.reference_report["plan"]["layers"].values()) == {NF4}
     assert all(
-        type(mixed.ref_model.get_submodule(name)).__name__ == "Linear4bit" for name in mixed.mixed_plan.precisions
+        type(mixed.ref_model.get_submodule(name)).__name__ == "Linear4bit"
+        for name in mixed.reference.quantization.plan.precisions
     )
     for key in ("logp_abs_diff_mean", "logp_abs_diff_max", "token_kl_mean"):
         assert mixed.reference_report["gap"][key] == pytest.approx(nf4.reference_report["gap"][key], rel=1e-5), key
@@ -182,9 +183,9 @@ def test_a_second_run_reads_the_measured_sensitivities_from_the_cache(
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
-        (dict(ref_bytes_budget=0.0), "ref_bytes_budget must be in (0, 1]"),
-        (dict(ref_bytes_budget=1.5), "ref_bytes_budget must be in (0, 1]"),
-        (dict(ref_calibration_batches=0), "ref_calibration_batches must be >= 1"),
+        (dict(ref_bytes_budget=0.0), "ref_bytes_budget must lie in (0, 1]"),
+        (dict(ref_bytes_budget=1.5), "ref_bytes_budget must lie in (0, 1]"),
+        (dict(ref_calibration_batches=0), "ref_calibration_batches must be an integer >= 1"),
         (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs holds none"),
     ],
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     assert_only_complete_checkpoints,
     logged_steps,
     make_model,

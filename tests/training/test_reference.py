@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_model, make_pairs, make_tokenizer, quantized_trainer, save_checkpoint, tiny_args
+from helpers import make_model, make_pairs, make_tokenizer, quantized_trainer, save_checkpoint, tiny_args
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -21,11 +21,14 @@ from dpo_plugin.training.reference import (
     COPY,
     EXPLICIT,
     INITIAL_POLICY,
+    RefQuantization,
     check_bitsandbytes_device,
     choose_reference,
     load_reference,
 )
+from dpo_plugin.training.reference_preparation import check_reference_settings
 
+NF4_REFERENCE = RefQuantization("nf4")
 GAP_KEYS = ("ref/logp_abs_diff_mean", "ref/logp_abs_diff_max", "ref/token_kl_mean")
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -124,7 +127,7 @@ def test_another_checkpoint_as_full_precision_reference(checkpoint, tokenizer, t
         ({"ref_quantization": "nf4", "ref_bnb_4bit_compute_dtype": "int8"}, "ref_bnb_4bit_compute_dtype 'int8'"),
         ({"ref_quantization": "nf4", "reference_free": True}, "reference_free runs no reference"),
         ({"ref_quantization": "nf4", "sync_ref_model": True}, "sync_ref_model mixes"),
-        ({"ref_gap_batches": -1}, "ref_gap_batches must be >= 0"),
+        ({"ref_gap_batches": -1}, "ref_gap_batches must be an integer >= 0"),
         ({"qlora_adapter_dtype": "fp16"}, "qlora_adapter_dtype 'fp16' is not known"),
     ],
 )
@@ -184,9 +187,9 @@ def test_a_quantized_reference_is_refused_under_fsdp_and_zero3(checkpoint, token
         SimpleNamespace(ref_quantization="int8", fsdp=[], deepspeed_plugin=SimpleNamespace(zero_stage=3)),
     ):
         with pytest.raises(ValueError, match="cannot be sharded"):
-            PreferenceTrainer._check_reference_can_be_quantized(args)
+            check_reference_settings(args)
     with pytest.raises(ValueError, match="cannot quantize on device"):
-        load_reference(checkpoint, policy, tokenizer, "nf4", device=torch.device("meta"))
+        load_reference(checkpoint, policy, tokenizer, NF4_REFERENCE, device=torch.device("meta"))
 
 
 def test_qlora_policy_trains_against_its_own_base_with_adapters_off(checkpoint, tokenizer, tmp_path, device):
@@ -246,7 +249,7 @@ def test_choose_reference_takes_the_first_that_applies(checkpoint, tokenizer):
     assert initial.kind == INITIAL_POLICY and initial.model is policy and not initial.separate
 
     loaded = choose_reference(policy, checkpoint=checkpoint, tokenizer=tokenizer)
-    assert loaded.kind == CHECKPOINT and loaded.quantization == "none" and loaded.model is not policy
+    assert loaded.kind == CHECKPOINT and loaded.quantization.mode == "none" and loaded.model is not policy
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_policy = get_peft_model(AutoModelForCausalLM.from_pretrained(checkpoint), lora)
@@ -255,11 +258,11 @@ def test_choose_reference_takes_the_first_that_applies(checkpoint, tokenizer):
     base = _logits(policy, adapters_off.context, ids)
     assert torch.allclose(_logits(peft_policy, adapters_off.context, ids), base, atol=1e-6)
     assert not torch.allclose(_logits(peft_policy, lambda: torch.no_grad(), ids), base, atol=1e-3)  # adapters on
-    quantized = choose_reference(peft_policy, quantization="nf4", tokenizer=tokenizer)
+    quantized = choose_reference(peft_policy, quantization=NF4_REFERENCE, tokenizer=tokenizer)
     assert quantized.kind == CHECKPOINT and quantized.checkpoint == checkpoint  # the adapters' base
 
     with pytest.raises(ValueError, match="Got both a ref_model object and ref_model_name_or_path"):
-        choose_reference(policy, explicit, quantization="nf4")
+        choose_reference(policy, explicit, quantization=NF4_REFERENCE)
 
 
 def test_a_4bit_reference_of_narrow_layers_is_refused_before_loading_on_a_cpu_that_packs_them(tokenizer, tmp_path):
@@ -272,4 +275,4 @@ def test_a_4bit_reference_of_narrow_layers_is_refused_before_loading_on_a_cpu_th
     narrow = save_checkpoint(tmp_path / "narrow", hidden_size=32)
     policy = AutoModelForCausalLM.from_pretrained(narrow)
     with pytest.raises(ValueError, match=r"multiple of 32.*k_proj \(16 outputs\).*int8"):
-        choose_reference(policy, quantization="nf4", tokenizer=tokenizer)
+        choose_reference(policy, quantization=NF4_REFERENCE, tokenizer=tokenizer)

@@ -1,15 +1,17 @@
 """PreferenceTrainer against TRL's DPOTrainer (parity) and against a direct full-logit computation (TDPO)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, tiny_args
+from helpers import make_model, tiny_args
 from trl import DPOConfig, DPOTrainer
 
 from dpo_plugin.training.config import PreferenceConfig
 from dpo_plugin.training.trainer import PreferenceTrainer
+from dpo_plugin.utils.errors import ConfigError
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 TRL_KEYS = REWARD_KEYS + (
@@ -53,7 +55,7 @@ def test_matches_trl_over_optimizer_steps(plugin_loss, trl_loss, tokenizer, pair
         PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path, loss_type=plugin_loss), tokenizer, pairs
     )
     trl, trl_logs = train(DPOTrainer, tiny_args(DPOConfig, tmp_path, loss_type=trl_loss), tokenizer, pairs)
-    assert ours._plugin_loss_type == plugin_loss  # the plugin computed it, not TRL
+    assert ours.args.plugin_loss_type == plugin_loss  # the plugin computed it, not TRL
     assert len(ours.step_losses) == len(trl.step_losses) == 6
     assert ours.step_losses == pytest.approx(trl.step_losses, abs=1e-5)
     assert len(our_logs) == len(trl_logs) == 6
@@ -195,3 +197,38 @@ def test_evaluate_reports_the_plugin_metrics(tokenizer, pairs, tmp_path):
     assert metrics["eval_kl/chosen"] > 0.0 and metrics["eval_kl/rejected"] > 0.0
     assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0
     assert metrics["eval_loss"] > 0.0
+
+
+def test_trls_own_dpo_config_is_converted_keeping_its_values_and_the_plugins_defaults(tokenizer, pairs, tmp_path):
+    """A recipe written for `DPOTrainer` switches by changing the class: every value of its `DPOConfig` is kept, the
+    plugin's own keys take `PreferenceConfig`'s defaults (the chunked head and shared-prompt packing on), and the
+    plugin computes TRL's sigmoid loss."""
+    defaults = tiny_args(PreferenceConfig, tmp_path)  # built first: building one resets accelerate's state
+    args = tiny_args(DPOConfig, tmp_path, beta=0.2, max_steps=2)
+    trainer = PreferenceTrainer(
+        model=make_model(len(tokenizer)), args=args, train_dataset=pairs, processing_class=tokenizer
+    )
+    assert type(trainer.args) is PreferenceConfig and trainer.args.plugin_loss_type == "dpo"
+    trl_keys = {f.name for f in dataclasses.fields(DPOConfig)}
+    for key in ("beta", "max_steps", "learning_rate", "max_length", "output_dir", "seed", "loss_type"):
+        assert getattr(trainer.args, key) == getattr(args, key), key
+    plugin_keys = [f.name for f in dataclasses.fields(PreferenceConfig) if f.name not in trl_keys]
+    assert {"share_prompt", "chunked_head", "max_weight_growth"} <= set(plugin_keys)
+    for key in plugin_keys:
+        assert getattr(trainer.args, key) == getattr(defaults, key), key
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert trainer.readers and all(reader.chunked for reader in trainer.readers.values())
+
+
+def test_a_config_that_is_not_a_dpo_config_is_refused_in_one_line(tokenizer, pairs, tmp_path):
+    from transformers import TrainingArguments
+
+    with pytest.raises(ConfigError, match="PreferenceTrainer takes a dpo_plugin.PreferenceConfig") as refused:
+        PreferenceTrainer(
+            model=make_model(len(tokenizer)),
+            args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+            train_dataset=pairs,
+            processing_class=tokenizer,
+        )
+    assert "TrainingArguments" in str(refused.value) and "\n" not in str(refused.value)

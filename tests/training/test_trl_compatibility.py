@@ -5,8 +5,8 @@ DPO options under the default objective, TRL's `sigmoid`, the implicit-prompt an
 import logging
 
 import pytest
-from conftest import make_model, tiny_args
 from datasets import Dataset
+from helpers import make_model, tiny_args
 from test_trainer import TRL_KEYS, train
 from trl import DPOConfig, DPOTrainer
 from trl.data_utils import maybe_extract_prompt
@@ -45,7 +45,7 @@ def test_a_dpo_config_trains_under_preference_config_to_the_same_numbers(options
     ours, our_logs = train(
         PreferenceTrainer, tiny_args(PreferenceConfig, tmp_path / "ours", **options), tokenizer, pairs
     )
-    assert ours._plugin_loss_type is None and ours.args.loss_type == trl_options["loss_type"]
+    assert ours.args.plugin_loss_type is None and ours.args.loss_type == trl_options["loss_type"]
     assert_same_run(ours, trl, our_logs, trl_logs, keys=("rewards/margins", "logps/chosen", "logps/rejected"))
 
 
@@ -58,7 +58,7 @@ def test_trl_sigmoid_is_computed_by_the_plugin_to_trls_numbers(tokenizer, pairs,
     ours, our_logs = train(PreferenceTrainer, args, tokenizer, pairs)
     trl_args = tiny_args(DPOConfig, tmp_path / "trl", loss_type="sigmoid", label_smoothing=0.2)
     trl, trl_logs = train(DPOTrainer, trl_args, tokenizer, pairs)
-    assert ours._plugin_loss_type == "dpo"
+    assert ours.args.plugin_loss_type == "dpo"
     assert_same_run(ours, trl, our_logs, trl_logs)
 
 

@@ -1,9 +1,15 @@
-"""`dpo-plugin bench {memory,speed} --config recipe.yaml [--key value ...]`: measurements any user can rerun."""
+"""`dpo-plugin bench {memory,heads,speed} --config recipe.yaml [--key value ...]`: measurements any user can rerun.
+
+`memory` (`memory.py`): what a quantized reference saves; `heads` (`heads.py`): the objective head's memory and time
+against TRL's; `speed` (`speed.py`): steps per second against TRL's and a raw PyTorch loop. `measuring.py` measures a
+training run's memory for the first two, `trl_contender.py` builds TRL's trainer for the last two, `flops.py` counts a
+step's FLOPs for `speed`.
+"""
 
 import importlib
 
 # name -> the module whose function of the same name runs that benchmark (imported only when it runs)
-BENCHMARKS = {"memory": "memory", "speed": "speed"}
+BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed"}
 
 
 def library_progress_bars_off() -> None:

@@ -1,41 +1,37 @@
 """`dpo-plugin bench memory`: what a quantized reference saves, measured for every mode in one run.
 
-Each mode (none / nf4 / fp4 / int8) trains the recipe for a few steps in a fresh process, so that the peak resident
-memory of one mode never carries over into the next; CUDA peaks are reset per process too.
+Each mode (none / nf4 / fp4 / int8 / mixed, or precomputed reference log-probs) trains the recipe for a few steps in a
+fresh process, so that the peak resident memory of one mode never carries over into the next; CUDA peaks are reset per
+process too. With `--bench_versus_trl true` it runs the head-to-head of `bench heads` instead (`heads.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import multiprocessing
-import os
 import resource
 import tempfile
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from ...objectives.losses import OBJECTIVES
-from ...training.config import MIXED, REF_PRECISIONS
+from ...training.config import REF_BYTES_BUDGET
 from ...training.recipe import build_trainer, parse_recipe
+from ...training.reference import MIXED, REF_PRECISIONS
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import quiet_library_warnings
+from ...utils.validation import check, each, some_of
 from . import library_progress_bars_off
+from .heads import HeadsBenchArguments, versus_trl
+from .measuring import MB, measure_training
 
-MB = 1e6
 BENCH_MODES = (*REF_PRECISIONS, "precomputed")
 
 
 @dataclass
-class MemoryBenchArguments:
-    """What `dpo-plugin bench memory` measures, on top of a training recipe."""
+class MemoryBenchArguments(HeadsBenchArguments):
+    """What `dpo-plugin bench memory` measures, on top of a training recipe; bench_objectives (from
+    `HeadsBenchArguments`) applies with bench_versus_trl only."""
 
     bench_modes: list[str] = field(
         default_factory=lambda: list(REF_PRECISIONS),
@@ -54,12 +50,8 @@ class MemoryBenchArguments:
         metadata={
             "help": "Instead of reference quantizations: per objective of bench_objectives, TRL's DPOTrainer (its "
             "nearest loss), PreferenceTrainer with the chunked head, and with full logits, each in a fresh process "
-            "on the same batches (`bench/heads.py`)."
+            "on the same batches: what `dpo-plugin bench heads` runs."
         },
-    )
-    bench_objectives: list[str] = field(
-        default_factory=lambda: ["dpo", "ipo", "tdpo2"],
-        metadata={"help": f"With bench_versus_trl: the plugin objectives to compare, of {list(OBJECTIVES)}."},
     )
     bench_steps: int = field(default=4, metadata={"help": "Optimizer steps of the short training run per mode."})
     bench_output: str = field(
@@ -67,24 +59,14 @@ class MemoryBenchArguments:
     )
 
     def __post_init__(self):
-        unknown = [mode for mode in self.bench_modes if mode not in BENCH_MODES]
-        if unknown or not self.bench_modes:
-            raise ValueError(f"bench_modes {self.bench_modes} must be a non-empty list of {list(BENCH_MODES)}.")
-        if not self.bench_ref_budgets or not all(0 < budget <= 1 for budget in self.bench_ref_budgets):
-            raise ValueError(f"bench_ref_budgets {self.bench_ref_budgets} must be fractions in (0, 1].")
-        if self.bench_steps < 1:
-            raise ValueError(f"bench_steps must be >= 1, got {self.bench_steps}.")
-        unknown = [name for name in self.bench_objectives if name not in OBJECTIVES]
-        if unknown or not self.bench_objectives:
-            raise ValueError(f"bench_objectives {self.bench_objectives} must name some of {list(OBJECTIVES)}.")
+        check(self, {"bench_modes": some_of(BENCH_MODES), "bench_ref_budgets": each(REF_BYTES_BUDGET)})
+        super().__post_init__()
 
 
 def memory(argv: list[str]) -> dict:
     """Train the recipe briefly once per reference quantization and compare memory; print a table, write JSON."""
     *_, bench_args = parse_recipe(argv, extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory")
     if bench_args.bench_versus_trl:
-        from .heads import versus_trl
-
         return versus_trl(argv, bench_args)
     spawn = multiprocessing.get_context("spawn")
     plan = [
@@ -127,11 +109,12 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
         measured = measure_training(trainer)
     policy = trainer.accelerator.unwrap_model(trainer.model)
     reference = trainer.accelerator.unwrap_model(trainer.ref_model) if trainer.ref_model is not None else None
+    plan = trainer.reference.quantization.plan if trainer.reference is not None else None
     return {
         "ref_quantization": mode,
         "ref_bytes_budget": budget,
         "reference": trainer.reference.describe() if trainer.reference is not None else "none (reference-free)",
-        "plan": trainer.mixed_plan.describe() if trainer.mixed_plan is not None else None,
+        "plan": plan.describe() if plan is not None else None,
         "reference_bytes": reference.get_memory_footprint() if reference is not None else 0,
         "policy_bytes": policy.get_memory_footprint(),
         "rss_after_setup_bytes": measured.setup_rss_bytes,
@@ -142,81 +125,6 @@ def measure_mode(argv: list[str], mode: str, steps: int, budget: float | None = 
         "seconds_per_step": measured.seconds / steps,
         "gap": (trainer.reference_report or {}).get("gap"),
     }
-
-
-def current_rss_bytes() -> int:
-    """This process's resident set size now (Linux /proc)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-@dataclass
-class TrainingMeasurement:
-    """What `measure_training` saw: RSS before training (every weight resident), the peak RSS and peak CUDA memory
-    while training (None without a GPU), and the wall time of `trainer.train()`."""
-
-    setup_rss_bytes: int
-    peak_rss_bytes: int
-    peak_cuda_bytes: int | None
-    seconds: float
-
-
-def measure_training(trainer) -> TrainingMeasurement:
-    """Run `trainer.train()` and measure it (`TrainingMeasurement`)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    setup_rss = settled_rss_bytes(trainer.model, trainer.ref_model)
-    started = time.perf_counter()
-    with PeakRSS() as training_peak:
-        trainer.train()
-    seconds = time.perf_counter() - started
-    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    return TrainingMeasurement(setup_rss, training_peak.bytes, cuda, seconds)
-
-
-def settled_rss_bytes(*models) -> int:
-    """RSS with every weight of `models` resident and freed heap returned: the baseline that training's growth is
-    measured from. Weights loaded from safetensors are memory-mapped and paged in only when first read, which would
-    otherwise count a model's own bytes (1 GB for Gemma-3-270M in float32) as growth during the first step."""
-    with torch.no_grad():
-        for model in models:
-            for tensor in (*model.parameters(), *model.buffers()) if model is not None else ():
-                tensor.detach().sum()  # reads every page; the result is a scalar
-    release_freed_memory()  # loading and the gap measurement free memory that glibc would otherwise keep
-    return current_rss_bytes()
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS (glibc `malloc_trim`), so RSS reflects what is held, not what was."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakRSS:
-    """The largest resident set size seen while the `with` block runs, sampled every `interval` seconds.
-
-    Unlike `ru_maxrss` (the whole process's peak, model loading included), this is the peak of the block alone.
-    """
-
-    def __init__(self, interval: float = 0.005):
-        self.interval, self.bytes = interval, 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._done.is_set():
-            self.bytes = max(self.bytes, current_rss_bytes())
-            self._done.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-        self.bytes = max(self.bytes, current_rss_bytes())
 
 
 def memory_table(rows: list[dict]) -> str:

@@ -28,6 +28,7 @@ from ...training.recipe import build_trainer, load_policy, parse_recipe
 from ...training.reference import Reference, choose_reference
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
+from ...utils.validation import check, integer_at_least, some_of
 from . import library_progress_bars_off
 from .flops import dense_matmul_rate, model_flops_per_step
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
@@ -47,14 +48,15 @@ class SpeedBenchArguments:
     bench_output: str = field(default="outputs/bench_speed.json", metadata={"help": "Where the JSON is written."})
 
     def __post_init__(self):
-        unknown = [name for name in self.bench_objectives if name not in OBJECTIVES]
-        if unknown or not self.bench_objectives:
-            raise ValueError(f"bench_objectives {self.bench_objectives} must name some of {list(OBJECTIVES)}.")
-        for name in ("bench_steps", "bench_rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.bench_warmup < 0:
-            raise ValueError(f"bench_warmup must be >= 0, got {self.bench_warmup}.")
+        check(
+            self,
+            {
+                "bench_objectives": some_of(OBJECTIVES),
+                "bench_steps": integer_at_least(1),
+                "bench_rounds": integer_at_least(1),
+                "bench_warmup": integer_at_least(0),
+            },
+        )
 
 
 class StepTimer(TrainerCallback):

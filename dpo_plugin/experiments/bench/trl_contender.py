@@ -26,9 +26,7 @@ def trl_dpo_trainer(train_pairs, model_args, args, objective: str) -> DPOTrainer
         ref_model = choose_reference(
             policy,
             checkpoint=args.ref_model_name_or_path,
-            quantization=args.ref_quantization,
-            compute_dtype=args.ref_bnb_4bit_compute_dtype,
-            double_quant=args.ref_bnb_4bit_use_double_quant,
+            quantization=args.ref_quantization_settings,
             tokenizer=tokenizer,
             device=args.device,
         ).model

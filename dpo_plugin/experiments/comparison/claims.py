@@ -13,7 +13,7 @@ from __future__ import annotations
 from statistics import mean
 
 from ...tasks.sentiment.gold import GoldSentimentReward
-from .runs import CompareConfig, HeldoutEvaluator, RunResult, heldout_text, train_preference
+from .runs import CompareConfig, ComparisonEvaluation, RunResult, heldout_text, train_preference
 
 MARGIN_CURVE = "rewards/margins"
 
@@ -22,7 +22,9 @@ def dpo_versus_ipo(config: CompareConfig, reference, tokenizer, output_dir) -> d
     """Train DPO and summed IPO at the same β on `sentiment-pairs`; compare how their margin and KL evolve."""
     pairs, prompts = heldout_text("sentiment-pairs", tokenizer, max(config.eval_pairs, config.eval_prompts))
     gold = {"gold_sentiment": GoldSentimentReward("from_prompt", tokenizer)}
-    evaluator = HeldoutEvaluator(reference, tokenizer, pairs.select(range(config.eval_pairs)), prompts, gold, config)
+    evaluator = ComparisonEvaluation(
+        reference, tokenizer, pairs.select(range(config.eval_pairs)), prompts, gold, config
+    )
     extra = ("--max_train_pairs", str(config.claim_pairs), "--num_train_epochs", str(config.claim_epochs))
     extra += ("--ipo_normalize", "false", "--max_length", "96")
     runs = {

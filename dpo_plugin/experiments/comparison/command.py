@@ -31,7 +31,7 @@ from ...utils.config_files import parse_config
 from ...utils.devices import default_device, device_name
 from .claims import dpo_versus_ipo, tdpo_versus_dpo
 from .report import markdown, write_report
-from .runs import CompareConfig, HeldoutEvaluator, RunResult, heldout_text, train_ppo, train_preference
+from .runs import CompareConfig, ComparisonEvaluation, RunResult, heldout_text, train_ppo, train_preference
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -60,7 +60,9 @@ def compare(argv: list[str]) -> dict:
     gold = GoldSentimentReward("positive", tokenizer, with_prompt=True)
     pairs, prompts = heldout_text(data, tokenizer, max(config.eval_pairs, config.eval_prompts))
     rewards = {"reward_model": reward_fn, "gold_sentiment": gold}
-    evaluator = HeldoutEvaluator(reference, tokenizer, first_rows(pairs, config.eval_pairs), prompts, rewards, config)
+    evaluator = ComparisonEvaluation(
+        reference, tokenizer, first_rows(pairs, config.eval_pairs), prompts, rewards, config
+    )
     reference_samples = evaluator.samples(reference, config.eval_prompts)
 
     main_plan = [(method, seed) for seed in config.seeds for method in [*config.objectives, "ppo"]]

@@ -23,15 +23,33 @@ from transformers import TrainerCallback
 from transformers import set_seed as set_all_seeds
 
 from ...data.loading import first_rows, load_preference_dataset
-from ...evaluation.heldout import Accuracy, SampleReport, preference_accuracy, sampled_completions
-from ...evaluation.policies import CompletionSampler, PreferenceChooser
-from ...evaluation.scoring import SequenceScorer, as_text
+from ...evaluation.evaluator import HeldoutEvaluator
+from ...evaluation.heldout import Accuracy, SampleReport
+from ...evaluation.scoring import as_text
 from ...objectives.losses import OBJECTIVES
 from ...rlhf.recipe import build_ppo_trainer, parse_ppo_recipe
 from ...tasks.sentiment.generation import SentimentGenerationSettings
 from ...training.recipe import build_trainer, parse_recipe
+from ...utils.errors import ConfigError
+from ...utils.validation import check, each, integer_at_least, number_above, required
 
 logger = logging.getLogger("dpo_plugin")
+
+
+STRENGTH = number_above(0.0, "(β, or PPO's KL coefficient)")
+COUNTS = ("train_prompts", "test_prompts", "eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts", "probes")
+COMPARE_RULES = {
+    **{name: integer_at_least(1) for name in COUNTS},
+    "samples_per_prompt": integer_at_least(2, "(a pair per two samples)"),
+    "max_new_tokens": integer_at_least(1),
+    "batch_size": integer_at_least(1),
+    "beta": STRENGTH,
+    "kl_coef": STRENGTH,
+    "beta_sweep": each(STRENGTH, empty_ok=True),
+    "kl_coef_sweep": each(STRENGTH, empty_ok=True),
+    "claim_pairs": integer_at_least(1),
+    "claim_epochs": number_above(0.0),
+}
 
 
 @dataclass
@@ -91,22 +109,14 @@ class CompareConfig:
     claim_epochs: float = field(default=2.0, metadata={"help": "Epochs of the claim runs."})
 
     def __post_init__(self):
-        for name in ("train_prompts", "test_prompts", "eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.probes < 1:
-            raise ValueError(f"probes must be >= 1, got {self.probes}.")
+        required(self, "seeds", "objectives", hint="see recipes/compare_dpo_ppo.yaml")
+        check(self, COMPARE_RULES)
         unknown = sorted(set(self.objectives) - set(OBJECTIVES))
         if unknown:
-            raise ValueError(f"objectives {unknown} are not known; choose from {list(OBJECTIVES)}.")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed.")
-        for name, values in (("beta", [self.beta, *self.beta_sweep]), ("kl_coef", [self.kl_coef, *self.kl_coef_sweep])):
-            if any(value <= 0 for value in values):
-                raise ValueError(f"{name} values must be > 0, got {values}.")
+            raise ConfigError(f"objectives {unknown} are not known. Valid values: {', '.join(OBJECTIVES)}.")
         for name in ("preference_recipe", "reward_model_recipe", "ppo_recipe"):
             if not Path(getattr(self, name)).is_file():
-                raise ValueError(f"{name}: {getattr(self, name)} is not a file (paths are relative to where you run).")
+                raise ConfigError(f"{name}: {getattr(self, name)} is not a file (paths are relative to where you run).")
 
     @property
     def data_settings(self) -> SentimentGenerationSettings:
@@ -137,8 +147,8 @@ class RunResult:
         return asdict(self)
 
 
-class HeldoutEvaluator:
-    """Scores policies against one shared reference on held-out data through the environments.
+class ComparisonEvaluation:
+    """Every method's policy against one shared reference on the same held-out data (`HeldoutEvaluator`).
 
     `accuracy(policy)`: PreferencePairs-v0 over `pairs`, choosing by implicit reward log π_θ/π_ref (β does not change
     a ranking, so DPO's and PPO's policies are ranked alike). `samples(policy, n)`: Completion-v0 over the first `n`
@@ -148,23 +158,18 @@ class HeldoutEvaluator:
     """
 
     def __init__(self, reference, tokenizer, pairs, prompts, rewards, config: CompareConfig):
-        self.tokenizer, self.pairs, self.prompts, self.rewards = tokenizer, pairs, prompts, rewards
-        self.batch_size, self.max_new_tokens = config.batch_size, config.max_new_tokens
-        self.reference = SequenceScorer(reference, tokenizer, None, self.batch_size)
+        self.pairs, self.prompts, self.rewards = pairs, prompts, rewards
+        self.generation = {"max_new_tokens": config.max_new_tokens}
+        self.evaluator = HeldoutEvaluator(
+            (reference, contextlib.nullcontext), (reference, contextlib.nullcontext), tokenizer, config.batch_size
+        )
         self.probe_seconds = 0.0  # time spent in `probe`, so training times can leave it out
 
     def accuracy(self, policy, pairs: int | None = None) -> Accuracy:
-        chooser = PreferenceChooser.by_implicit_reward(self._scorer(policy), self.reference)
-        with _eval_mode(policy):
-            return preference_accuracy(chooser, first_rows(self.pairs, pairs), self.batch_size)
+        return self._of(policy).accuracy(first_rows(self.pairs, pairs))
 
     def samples(self, policy, n: int) -> SampleReport:
-        sampler = CompletionSampler(policy, self.tokenizer, {"max_new_tokens": self.max_new_tokens})
-        scorers = (self._scorer(policy), self.reference)
-        with _eval_mode(policy):
-            return sampled_completions(
-                sampler, self.prompts[:n], self.rewards, scorers, self.batch_size, 0, "Sampling held-out prompts"
-            )
+        return self._of(policy).samples(self.prompts[:n], self.rewards, self.generation)
 
     def probe(self, policy, step: int, config: CompareConfig) -> dict:
         """A point of the during-training curves: accuracy on `probe_pairs`, gold reward and KL of `probe_prompts`
@@ -176,24 +181,14 @@ class HeldoutEvaluator:
         self.probe_seconds += time.perf_counter() - started
         return point
 
-    def _scorer(self, policy) -> SequenceScorer:
-        return SequenceScorer(policy, self.tokenizer, None, self.batch_size)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+    def _of(self, policy) -> HeldoutEvaluator:
+        return self.evaluator.with_policy((policy, contextlib.nullcontext))
 
 
 class ProbeCallback(TrainerCallback):
     """Runs `evaluator.probe` before training and every `every` optimizer steps, keeping the results in `probes`."""
 
-    def __init__(self, evaluator: HeldoutEvaluator, every: int, config: CompareConfig):
+    def __init__(self, evaluator: ComparisonEvaluation, every: int, config: CompareConfig):
         self.evaluator, self.every, self.config = evaluator, every, config
         self.probes: list[dict] = []
 
@@ -211,7 +206,7 @@ def probe_interval(total_steps: int, probes: int) -> int:
 
 def train_preference(
     config: CompareConfig,
-    evaluator: HeldoutEvaluator,
+    evaluator: ComparisonEvaluation,
     dataset: str,
     objective: str,
     beta: float,
@@ -253,7 +248,7 @@ def train_preference(
 
 def train_ppo(
     config: CompareConfig,
-    evaluator: HeldoutEvaluator,
+    evaluator: ComparisonEvaluation,
     train_prompts,
     reward_fn,
     kl_coef: float,

@@ -29,6 +29,8 @@ from ...data.builtin import BUILTIN_SPLITS
 from ...evaluation.policies import CompletionSampler
 from ...utils.atomic import staged_folder
 from ...utils.devices import default_device
+from ...utils.errors import ConfigError
+from ...utils.validation import Rule, check, integer_at_least, required
 from .gold import GoldSentimentReward
 from .pairs import sentence_splits
 
@@ -37,6 +39,15 @@ logger = logging.getLogger("dpo_plugin")
 PREFIX_WORDS = (2, 8)  # fewest and most words of a prompt; each sentence draws its count uniformly
 SENTIMENT_GENERATION_FOLDER = "sentiment-generation"
 SENTIMENT_GENERATION_FORMAT = 1  # part of the cache key: bump it when a change here changes the generated data
+
+SETTINGS_RULES = {
+    "train_prompts": integer_at_least(1),
+    "test_prompts": integer_at_least(1),
+    "samples_per_prompt": integer_at_least(2),
+    "max_new_tokens": integer_at_least(1),
+    "batch_size": integer_at_least(1),
+    "seed": Rule(lambda value: isinstance(value, int) and not isinstance(value, bool), "be an integer"),
+}
 
 
 @dataclass(frozen=True)
@@ -56,23 +67,8 @@ class SentimentGenerationSettings:
     batch_size: int = 32
 
     def __post_init__(self):
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError(
-                f"model must name a causal LM checkpoint (a folder, hub id or bundled name), got {self.model!r}."
-            )
-        minimums = {
-            "train_prompts": 1,
-            "test_prompts": 1,
-            "samples_per_prompt": 2,
-            "max_new_tokens": 1,
-            "batch_size": 1,
-        }
-        for name, minimum in minimums.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        required(self, "model", hint="a causal LM checkpoint: a folder, hub id or bundled name")
+        check(self, SETTINGS_RULES)
 
     def prompt_count(self, split: str) -> int:
         """``train_prompts`` or ``test_prompts``."""
@@ -100,7 +96,7 @@ def prompt_prefixes(settings: SentimentGenerationSettings) -> dict[str, list[str
         sentences = [text for texts in by_label.values() for text in texts if len(text.split()) >= PREFIX_WORDS[0]]
         wanted = settings.prompt_count(split)
         if wanted > len(sentences):
-            raise ValueError(
+            raise ConfigError(
                 f"{split}_prompts must be at most {len(sentences)} (the {split} sentences of at least "
                 f"{PREFIX_WORDS[0]} words), got {wanted}."
             )

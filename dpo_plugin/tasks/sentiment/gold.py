@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...data.assets import read_polarity
+from ...utils.errors import UserError
 from .pairs import sentence_splits
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class GoldSentimentReward:
             return self.target == "positive"
         named = set(re.findall(r"\b(positive|negative)\b", prompt.lower()))
         if len(named) != 1:
-            raise ValueError(
+            raise UserError(
                 f"The gold sentiment reward reads the wanted sentiment from the prompt, but {prompt[-80:]!r} names "
                 f"{' and '.join(sorted(named)) or 'neither positive nor negative'}; set its target explicitly."
             )
