@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dpo_plugin import PreferenceConfig, PreferenceTrainer
 from dpo_plugin.data import load_preference_dataset
 from dpo_plugin.data.assets import gemma3_path
+from dpo_plugin.objectives.chunked_head import head_of
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,8 @@ def trainer_for(path, tokenizer, pairs, tmp_path, **overrides):
 def test_each_objective_trains_through_the_chunked_head(loss_type, gemma, review_pairs, tmp_path):
     trainer = trainer_for(*gemma, review_pairs, tmp_path, loss_type=loss_type)
     trainer.train()
-    assert trainer._chunked_ok and all(trainer._chunked_ok.values())  # no fallback
-    assert trainer._head(trainer.model).weight.shape == (262_144, 640)
+    assert trainer.readers and all(reader.chunked for reader in trainer.readers.values())  # no fallback
+    assert head_of(trainer.model)[0].weight.shape == (262_144, 640)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     first = (1 / (2 * trainer.args.beta)) ** 2 if loss_type == "ipo" else math.log(2)  # policy == reference at step 1
     assert len(losses) == 2 and losses[0] == pytest.approx(first, abs=1e-3) and losses[1] != losses[0]

@@ -150,6 +150,30 @@ class CompletionEnv(OneStepEnv):
     - `max_prompt_length`: the bound L of the observation space; None for the longest prompt.
     - `max_completion_length`: the longest completion the action space holds (default 4096 characters).
     - `render_mode`: None or `"ansi"` (the prompt and, after the step, the completion and its reward).
+
+    ## Example
+
+    >>> import gymnasium as gym
+    >>> import dpo_plugin_envs
+    >>> prompts = [{"prompt": "Say hello."}, {"prompt": "Name a colour."}]
+    >>> def words(prompts, completions):  # a reward function: each completion's number of words
+    ...     return [float(len(completion.split())) for completion in completions]
+    >>> env = gym.make("dpo_plugin/Completion-v0", dataset=prompts, reward_fn=words, max_completion_length=64)
+    >>> env
+    <OrderEnforcing<PassiveEnvChecker<CompletionEnv<dpo_plugin/Completion-v0>>>>
+    >>> env.action_space
+    UnicodeText(max_length=64, min_length=0)
+    >>> env.reset(seed=0)
+    ('Say hello.', {'prompt_id': '0', 'prompt_index': 0})
+    >>> observation, reward, terminated, truncated, info = env.step("Hello there, friend!")
+    >>> reward, terminated, truncated, info["reward_components"]
+    (3.0, True, False, {'words': 3.0})
+
+    ## Version History
+
+    * v0: Initial version, registered as `dpo_plugin/Completion-v0` (vector entry point `CompletionVectorEnv`):
+      one-step episodes over prompt rows, the completion `str` as the action, the reward a weighted sum of reward
+      functions' scores, rows in sequential or random order.
     """
 
     def __init__(
@@ -173,6 +197,32 @@ class CompletionVectorEnv(OneStepVectorEnv):
     once per step with all `num_envs` prompts and completions. Autoreset is `SAME_STEP`: a step scores the current
     prompts and returns the next ones; infos hold the new episodes' reset infos and, under "final_obs" and
     "final_info", the scored episodes' observations and step infos. Arguments as `CompletionEnv`.
+
+    ## Example
+
+    >>> import gymnasium as gym
+    >>> import dpo_plugin_envs
+    >>> prompts = [{"prompt": "Say hello."}, {"prompt": "Name a colour."}]
+    >>> def words(prompts, completions):  # called once per step, with both sub-envs' completions
+    ...     return [float(len(completion.split())) for completion in completions]
+    >>> envs = gym.make_vec(
+    ...     "dpo_plugin/Completion-v0", num_envs=2, vectorization_mode="vector_entry_point", dataset=prompts,
+    ...     reward_fn=words,
+    ... )
+    >>> envs
+    CompletionVectorEnv(dpo_plugin/Completion-v0, num_envs=2)
+    >>> observations, infos = envs.reset(seed=0)
+    >>> observations
+    ('Say hello.', 'Name a colour.')
+    >>> observations, rewards, terminations, truncations, infos = envs.step(("Hello!", "Deep blue."))
+    >>> rewards.tolist(), infos["final_info"]["reward_components"]["words"].tolist()
+    ([1.0, 2.0], [1.0, 2.0])
+
+    ## Version History
+
+    * v0: Initial version, the native vector env of `dpo_plugin/Completion-v0`
+      (`gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`): one shared walk over the rows, each
+      reward function called once per step with all `num_envs` completions, `SAME_STEP` autoreset.
     """
 
     def __init__(

@@ -92,6 +92,34 @@ class PreferencePairsEnv(OneStepEnv):
     - `order`: `"sequential"` (default) or `"random"`.
     - `max_text_length`: the bound L of the text spaces; None for the longest text in the dataset.
     - `render_mode`: None or `"ansi"` (the pair as text and, after the step, the pick and the answer).
+
+    ## Example
+
+    >>> import gymnasium as gym
+    >>> import dpo_plugin_envs
+    >>> pairs = [{"prompt": "What is 7 times 8?", "chosen": "56.", "rejected": "54."},
+    ...          {"prompt": "Is a tomato a fruit?", "chosen": "Botanically, yes: a berry.", "rejected": "No."}]
+    >>> env = gym.make("dpo_plugin/PreferencePairs-v0", dataset=pairs)
+    >>> env
+    <OrderEnforcing<PassiveEnvChecker<PreferencePairsEnv<dpo_plugin/PreferencePairs-v0>>>>
+    >>> env.action_space
+    Discrete(2)
+    >>> observation, info = env.reset(seed=0)
+    >>> observation["prompt"], info
+    ('What is 7 times 8?', {'pair_id': '0', 'pair_index': 0})
+    >>> action = observation["completions"].index("56.")  # an oracle: pick the chosen completion
+    >>> observation, reward, terminated, truncated, info = env.step(action)
+    >>> reward, terminated, truncated, info["correct_action"] == action
+    (1.0, True, False, True)
+    >>> env.reset()[1]  # the next pair of the sequential walk
+    {'pair_id': '1', 'pair_index': 1}
+
+    ## Version History
+
+    * v0: Initial version, registered as `dpo_plugin/PreferencePairs-v0` (vector entry point
+      `PreferencePairsVectorEnv`): one-step episodes over (prompt, chosen, rejected) rows, the two completions in a
+      seeded random order, `Discrete(2)` actions, reward 1.0 for the chosen completion, rows in sequential or random
+      order.
     """
 
     def __init__(
@@ -112,6 +140,30 @@ class PreferencePairsVectorEnv(OneStepVectorEnv):
     `SAME_STEP`: a step scores the current pairs and returns the next ones; infos hold the new episodes' reset
     infos and, under "final_obs" and "final_info", the scored episodes' observations and step infos. Same seed,
     same episodes as one `PreferencePairsEnv` stepped N times as often. Arguments as `PreferencePairsEnv`.
+
+    ## Example
+
+    >>> import gymnasium as gym
+    >>> import dpo_plugin_envs
+    >>> pairs = [{"prompt": "What is 7 times 8?", "chosen": "56.", "rejected": "54."},
+    ...          {"prompt": "Is a tomato a fruit?", "chosen": "Botanically, yes: a berry.", "rejected": "No."}]
+    >>> envs = gym.make_vec(
+    ...     "dpo_plugin/PreferencePairs-v0", num_envs=2, vectorization_mode="vector_entry_point", dataset=pairs
+    ... )
+    >>> envs
+    PreferencePairsVectorEnv(dpo_plugin/PreferencePairs-v0, num_envs=2)
+    >>> observations, infos = envs.reset(seed=0)
+    >>> observations["prompt"], infos["pair_index"].tolist()
+    (('What is 7 times 8?', 'Is a tomato a fruit?'), [0, 1])
+    >>> observations, rewards, terminations, truncations, infos = envs.step([0, 0])
+    >>> rewards.tolist(), terminations.tolist(), infos["final_info"]["correct_action"].tolist()
+    ([0.0, 0.0], [True, True], [1, 1])
+
+    ## Version History
+
+    * v0: Initial version, the native vector env of `dpo_plugin/PreferencePairs-v0`
+      (`gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`): one shared walk over the rows,
+      `SAME_STEP` autoreset.
     """
 
     def __init__(
