@@ -196,7 +196,10 @@ class CompletionVectorEnv(OneStepVectorEnv):
     `actions` is a sequence (tuple, list or object array) of `num_envs` completions; each reward function is called
     once per step with all `num_envs` prompts and completions. Autoreset is `SAME_STEP`: a step scores the current
     prompts and returns the next ones; infos hold the new episodes' reset infos and, under "final_obs" and
-    "final_info", the scored episodes' observations and step infos. Arguments as `CompletionEnv`.
+    "final_info", the scored episodes' observations and step infos. Arguments as `CompletionEnv`, and
+    `group_size` K (default 1): each block of K consecutive sub-envs serves the same prompt row (`num_envs` a
+    multiple of K), so one step gives K completions of each of `num_envs / K` prompts, every sub-env's reset info
+    holding its row's `prompt_id`: groups to rank, as on-policy DPO samples them.
 
     ## Example
 
@@ -217,12 +220,20 @@ class CompletionVectorEnv(OneStepVectorEnv):
     >>> observations, rewards, terminations, truncations, infos = envs.step(("Hello!", "Deep blue."))
     >>> rewards.tolist(), infos["final_info"]["reward_components"]["words"].tolist()
     ([1.0, 2.0], [1.0, 2.0])
+    >>> groups = gym.make_vec(
+    ...     "dpo_plugin/Completion-v0", num_envs=4, vectorization_mode="vector_entry_point", dataset=prompts,
+    ...     reward_fn=words, group_size=2,
+    ... )
+    >>> observations, infos = groups.reset(seed=0)
+    >>> observations, infos["prompt_id"].tolist()
+    (('Say hello.', 'Say hello.', 'Name a colour.', 'Name a colour.'), ['0', '0', '1', '1'])
 
     ## Version History
 
     * v0: Initial version, the native vector env of `dpo_plugin/Completion-v0`
       (`gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`): one shared walk over the rows, each
-      reward function called once per step with all `num_envs` completions, `SAME_STEP` autoreset.
+      reward function called once per step with all `num_envs` completions, `SAME_STEP` autoreset. Later gained
+      `group_size` (default 1, the behaviour before it): blocks of sub-envs that share a prompt row.
     """
 
     def __init__(
@@ -234,6 +245,7 @@ class CompletionVectorEnv(OneStepVectorEnv):
         reward_weights: Mapping[str, float] | None = None,
         max_prompt_length: int | None = None,
         max_completion_length: int = 4096,
+        group_size: int = 1,
     ) -> None:
         task = CompletionTask(dataset, reward_fn, order, reward_weights, max_prompt_length, max_completion_length)
-        super().__init__(num_envs, task)
+        super().__init__(num_envs, task, group_size)

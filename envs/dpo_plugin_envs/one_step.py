@@ -1,5 +1,6 @@
 """One-step episodes over dataset rows, served one at a time (`OneStepEnv`) or `num_envs` at a time from one shared
-walk (`OneStepVectorEnv`, a native vector env with same-step autoreset).
+walk (`OneStepVectorEnv`, a native vector env with same-step autoreset, optionally in groups of sub-envs that share
+an episode).
 
 A `OneStepTask` says what an episode shows and what an action is worth; both envs only sequence it. Per episode
 the draws from `np_random` come in a fixed order (the row when the order is random, then the task's own draws), so a
@@ -146,14 +147,25 @@ class OneStepVectorEnv(VectorEnv):
     Autoreset is `SAME_STEP`: each step scores the current episodes, in one `score` call, and returns the next
     ones' observations, with the finished episodes' observations and step infos under "final_obs" and "final_info",
     structured as `SyncVectorEnv(autoreset_mode=SAME_STEP)` structures them.
+
+    With `group_size` K > 1 (`num_envs` a multiple of K), each block of K consecutive sub-envs serves the same
+    episode: the walk advances once per block, so one step answers each of `num_envs / K` rows K times (K samples
+    of one prompt, to rank against each other). K = 1 serves a row per sub-env.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
 
-    def __init__(self, num_envs: int, task: OneStepTask) -> None:
+    def __init__(self, num_envs: int, task: OneStepTask, group_size: int = 1) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}.")
-        self.num_envs = int(num_envs)
+        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {group_size!r}.")
+        if num_envs % group_size:
+            raise ValueError(
+                f"num_envs={num_envs} is not a multiple of group_size={group_size}: each group of group_size "
+                "sub-environments serves one row, so use num_envs = groups x group_size."
+            )
+        self.num_envs, self.group_size = int(num_envs), int(group_size)
         self._task = task
         self.single_observation_space, self.single_action_space = task.observation_space, task.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -162,9 +174,10 @@ class OneStepVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Start `num_envs` episodes; `seed` re-seeds and restarts the walk, `options={"index": i}` serves row i to
-        sub-env 0 (and, with sequential order, rows i+1, ... to the next ones)."""
+        sub-env 0's group (and, with sequential order, rows i+1, ... to the next groups)."""
         super().reset(seed=seed)
-        self._episodes = self._task.restart(self.np_random, self.num_envs, seed is not None, options)
+        groups = self._task.restart(self.np_random, self.num_envs // self.group_size, seed is not None, options)
+        self._episodes = self._grouped(groups)
         infos: dict[str, Any] = {}
         for i, episode in enumerate(self._episodes):
             infos = self._add_info(infos, self._task.info(episode), i)
@@ -181,15 +194,20 @@ class OneStepVectorEnv(VectorEnv):
             )
         finished = self._episodes
         rewards, step_infos = self._task.score(finished, [self._task.action_type(action) for action in actions])
-        self._episodes = []
+        self._episodes = self._grouped(
+            [self._task.start(self.np_random) for _ in range(self.num_envs // self.group_size)]
+        )
         infos: dict[str, Any] = {}
         for i, (episode, step_info) in enumerate(zip(finished, step_infos, strict=True)):
             infos = self._add_info(infos, {"final_obs": episode.observe(), "final_info": step_info}, i)
-            self._episodes.append(self._task.start(self.np_random))
             infos = self._add_info(infos, self._task.info(self._episodes[i]), i)
         terminations = np.ones(self.num_envs, dtype=np.bool_)
         truncations = np.zeros(self.num_envs, dtype=np.bool_)
         return self._observations(), np.array(rewards, dtype=np.float64), terminations, truncations, infos
+
+    def _grouped(self, episodes: list[Episode]) -> list[Episode]:
+        """One episode per group → one per sub-env: each repeated `group_size` times, in order."""
+        return [episode for episode in episodes for _ in range(self.group_size)]
 
     def _observations(self) -> Any:
         """The current episodes' observations batched as `SyncVectorEnv` batches them."""

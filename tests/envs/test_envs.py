@@ -334,6 +334,57 @@ def test_completion_vector_env_calls_each_reward_function_once_per_step_with_the
         vector.step(("a", "b", 3, "d"))
 
 
+def grouped(num_envs, group_size, **kwargs):
+    return gymnasium.make_vec(
+        COMPLETION,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        dataset=PROMPT_ROWS,
+        reward_fn=words,
+        group_size=group_size,
+        **kwargs,
+    )
+
+
+def test_a_group_of_sub_envs_serves_one_row_and_the_walk_moves_on_by_groups():
+    """group_size 3: each block of 3 consecutive sub-envs answers the same prompt row, every sub-env's reset info
+    names it, and each step starts the next rows of the sequential walk, wrapping at the end."""
+    vector = grouped(6, 3)
+    prompts, infos = vector.reset(seed=0)
+    assert list(prompts) == [ROWS[0][0]] * 3 + [ROWS[1][0]] * 3
+    assert infos["prompt_id"].tolist() == ["0"] * 3 + ["1"] * 3 and infos["prompt_index"].tolist() == [0] * 3 + [1] * 3
+    served = [infos["prompt_index"].tolist()]
+    for _ in range(5):
+        completions = tuple("word " * (i + 1) for i in range(6))
+        prompts, rewards, terminations, _, infos = vector.step(completions)
+        assert rewards.tolist() == [float(i + 1) for i in range(6)] and terminations.all()
+        assert list(infos["final_obs"])[:3] == [ROWS[served[-1][0]][0]] * 3
+        served.append(infos["prompt_index"].tolist())
+    assert [rows[::3] for rows in served] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [0, 1]]
+    assert all(rows[:3] == [rows[0]] * 3 and rows[3:] == [rows[3]] * 3 for rows in served)
+
+
+@pytest.mark.parametrize("order", ["sequential", "random"])
+def test_grouped_env_serves_the_rows_an_ungrouped_env_of_one_sub_env_per_group_serves(order):
+    """The walk advances once per group, drawing as an env with one sub-env per group does: seeded alike, a
+    group_size-2 env of 8 sub-envs serves the rows a group_size-1 env of 4 serves, each twice."""
+    pairs_of_rows, rows = grouped(8, 2, order=order), grouped(4, 1, order=order)
+    _, grouped_infos = pairs_of_rows.reset(seed=3)
+    _, plain_infos = rows.reset(seed=3)
+    for _ in range(4):
+        assert grouped_infos["prompt_index"].tolist() == np.repeat(plain_infos["prompt_index"], 2).tolist()
+        _, _, _, _, grouped_infos = pairs_of_rows.step(tuple("a b" for _ in range(8)))
+        _, _, _, _, plain_infos = rows.step(tuple("a b" for _ in range(4)))
+
+
+def test_group_size_errors():
+    with pytest.raises(ValueError, match="num_envs=6 is not a multiple of group_size=4"):
+        grouped(6, 4)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="group_size must be a positive integer"):
+            grouped(4, bad)
+
+
 @pytest.mark.parametrize(
     ("reward_fn", "message"),
     [
