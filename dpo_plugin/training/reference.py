@@ -208,8 +208,27 @@ def frozen_copy(policy: PreTrainedModel) -> PreTrainedModel:
 
     TRL, given no reference, reloads `policy.config._name_or_path` from disk: a policy changed after loading would
     silently get another reference, and a model built in memory would fail. A copy is exactly the policy passed in.
+
+    A forward patched onto the policy's instance that calls the policy's own bound forward (TRL's `DPOTrainer` adds
+    its fused LM head that way) would make the copy run the policy: the copy gets its class's forward back.
     """
-    return copy.deepcopy(policy).eval().requires_grad_(False)
+    copied = copy.deepcopy(policy)
+    for original, module in zip(policy.modules(), copied.modules(), strict=True):
+        patched = module.__dict__.get("forward")
+        if any(getattr(value, "__self__", None) is original for value in _closure_values(patched)):
+            del module.__dict__["forward"]
+    return copied.eval().requires_grad_(False)
+
+
+def _closure_values(method) -> list:
+    """The values a bound method's function closes over (empty cells left out)."""
+    values = []
+    for cell in getattr(getattr(method, "__func__", None), "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:
+            continue
+    return values
 
 
 def bnb_config(quantization: RefQuantization) -> BitsAndBytesConfig | None:

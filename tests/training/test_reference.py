@@ -24,6 +24,7 @@ from dpo_plugin.training.reference import (
     RefQuantization,
     check_bitsandbytes_device,
     choose_reference,
+    frozen_copy,
     load_reference,
 )
 from dpo_plugin.training.reference_preparation import check_reference_settings
@@ -276,3 +277,24 @@ def test_a_4bit_reference_of_narrow_layers_is_refused_before_loading_on_a_cpu_th
     policy = AutoModelForCausalLM.from_pretrained(narrow)
     with pytest.raises(ValueError, match=r"multiple of 32.*k_proj \(16 outputs\).*int8"):
         choose_reference(policy, quantization=NF4_REFERENCE, tokenizer=tokenizer)
+
+
+def test_a_frozen_copy_of_a_policy_a_trainer_has_patched_runs_its_own_weights(tokenizer, pairs, tmp_path):
+    """TRL's DPOTrainer patches the policy's forward with its fused LM head, a closure over the policy's own bound
+    forward; a plain deep copy would keep calling the policy. The copy runs itself: moving the policy's weights
+    afterwards leaves the copy's logits as they were (a second run's reference, on-policy rounds)."""
+    policy = make_model(len(tokenizer))
+    PreferenceTrainer(
+        model=policy,
+        args=tiny_args(PreferenceConfig, tmp_path, max_steps=1),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    ).train()
+    assert "forward" in policy.__dict__  # what this guards against is still there
+    copy = frozen_copy(policy)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = copy(input_ids=ids).logits
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(2.0)
+    assert torch.equal(copy(input_ids=ids).logits, before)
+    assert not torch.allclose(policy(input_ids=ids).logits, before)
