@@ -1,4 +1,4 @@
-"""The `dpo-plugin` console script: `train`, `eval`, `ppo`, `compare`, `bench` (each `--config recipe.yaml
+"""The `dpo-plugin` console script: `train`, `online`, `eval`, `ppo`, `compare`, `bench` (each `--config recipe.yaml
 [--key value ...]`), `assets`.
 
 Each command's module is imported only when that command runs, so `dpo-plugin --help` answers at once. Recipes are
@@ -26,14 +26,16 @@ from ..utils.quiet import VERBOSE_ENV, quiet_library_warnings
 COMMANDS = {
     "train": "dpo_plugin.cli.train:train",
     "eval": "dpo_plugin.cli.evaluate:evaluate",
+    "online": "dpo_plugin.cli.online:online",
     "ppo": "dpo_plugin.cli.ppo:ppo",
     "compare": "dpo_plugin.experiments.comparison.command:compare",
     "bench": "dpo_plugin.experiments.bench:bench",
     "assets": "dpo_plugin.cli.assets:assets",
 }
-USAGE = """usage: dpo-plugin {train,eval,ppo,compare,bench,assets} [--config recipe.yaml] [--key value ...] [--verbose]
+USAGE = """usage: dpo-plugin {train,online,eval,ppo,compare,bench,assets} [--config recipe.yaml] [--key value ...]
 
   dpo-plugin train --config recipes/quickstart.yaml      align a model on preference pairs (DPO, IPO, TDPO, ...)
+  dpo-plugin online --config recipes/online_dpo.yaml     on-policy rounds: sample, rank by a reward, train
   dpo-plugin eval --config recipes/eval.yaml             held-out accuracy and samples through the environments
   dpo-plugin ppo --config recipes/compare/ppo.yaml       PPO against a reward model (the RLHF baseline)
   dpo-plugin compare --config recipes/compare_dpo_ppo.yaml   the DPO paper's comparison, end to end

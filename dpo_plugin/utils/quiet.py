@@ -54,3 +54,13 @@ def quiet_int8_cast_warning() -> None:
 class _Int8CastFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "will be cast from" not in record.getMessage()
+
+
+def library_progress_bars_off() -> None:
+    """Hide the progress bars `datasets` and transformers draw while a run is set up (tokenizing, loading weights):
+    a benchmark shows one bar per contender turn, `dpo-plugin online` one per round's phase."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()

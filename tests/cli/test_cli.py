@@ -14,7 +14,11 @@ from dpo_plugin.evaluation.heldout import STARTING_POINT_RANKING
 from dpo_plugin.training.recipe import parse_recipe
 
 RECIPE_DIR = Path(__file__).parents[2] / "recipes"
-RECIPES = sorted(path for path in RECIPE_DIR.glob("*.yaml") if path.name != "eval.yaml" and "compare" not in path.name)
+RECIPES = sorted(
+    path
+    for path in RECIPE_DIR.glob("*.yaml")
+    if path.name != "eval.yaml" and "compare" not in path.name and not path.name.startswith("online")
+)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)

@@ -12,16 +12,6 @@ import importlib
 BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed"}
 
 
-def library_progress_bars_off() -> None:
-    """Hide the progress bars `datasets` and transformers draw while a contender is set up (tokenizing, loading
-    weights): a benchmark shows one bar per contender turn instead."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
-
-
 def bench(argv: list[str]) -> dict:
     """Run the benchmark named by `argv[0]` on the recipe the rest of `argv` describes."""
     if not argv or argv[0] not in BENCHMARKS:

@@ -21,9 +21,8 @@ from ...objectives.losses import OBJECTIVES
 from ...training.recipe import build_trainer, load_split, parse_recipe
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
-from ...utils.quiet import quiet_library_warnings
+from ...utils.quiet import library_progress_bars_off, quiet_library_warnings
 from ...utils.validation import check, integer_at_least, some_of
-from . import library_progress_bars_off
 from .measuring import MB, measure_training
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 

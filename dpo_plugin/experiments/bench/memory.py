@@ -19,9 +19,8 @@ from ...training.recipe import build_trainer, parse_recipe
 from ...training.reference import MIXED, REF_PRECISIONS
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
-from ...utils.quiet import quiet_library_warnings
+from ...utils.quiet import library_progress_bars_off, quiet_library_warnings
 from ...utils.validation import check, each, some_of
-from . import library_progress_bars_off
 from .heads import HeadsBenchArguments, versus_trl
 from .measuring import MB, measure_training
 

@@ -28,8 +28,8 @@ from ...training.recipe import build_trainer, load_policy, parse_recipe
 from ...training.reference import Reference, choose_reference
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
+from ...utils.quiet import library_progress_bars_off
 from ...utils.validation import check, integer_at_least, some_of
-from . import library_progress_bars_off
 from .flops import dense_matmul_rate, model_flops_per_step
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 

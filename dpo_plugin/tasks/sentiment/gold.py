@@ -115,3 +115,20 @@ class GoldSentimentReward:
                 f"{' and '.join(sorted(named)) or 'neither positive nor negative'}; set its target explicitly."
             )
         return named == {"positive"}
+
+
+def gold_positive_reward(tokenizer=None) -> GoldSentimentReward:
+    """P(positive | prompt + completion): the labeller of `sentiment-generation`, as the DPO paper's sentiment task
+    scores a continued review prefix (`reward_funcs: [gold_positive]`)."""
+    return GoldSentimentReward("positive", tokenizer, with_prompt=True)
+
+
+def gold_negative_reward(tokenizer=None) -> GoldSentimentReward:
+    """P(negative | prompt + completion) (`reward_funcs: [gold_negative]`)."""
+    return GoldSentimentReward("negative", tokenizer, with_prompt=True)
+
+
+def gold_from_prompt_reward(tokenizer=None) -> GoldSentimentReward:
+    """P(the sentiment the prompt asks for | completion), as `sentiment-pairs` prompts ask
+    (`reward_funcs: [gold_from_prompt]`)."""
+    return GoldSentimentReward("from_prompt", tokenizer)

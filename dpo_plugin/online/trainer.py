@@ -1,0 +1,367 @@
+"""`OnlinePreferenceTrainer`: on-policy (iterative) DPO, IPO and TDPO, shaped like TRL's `OnlineDPOTrainer`.
+
+Each round: the policy samples `samples_per_prompt` completions of each round's prompts through the grouped
+`Completion-v0` environment (`rollout.py`), the reward functions rank them there, each group becomes pairs
+(`pairs.py`), and a `PreferenceTrainer` trains `epochs_per_round` passes over them against the round's reference
+(every objective, the chunked head, packing, LoRA and quantized references). Round r draws everything from
+`seed + r` (prompts, samples, pair partners, training), and ends with its policy saved whole in
+`output_dir/round-<r>`, so a stopped run resumes at the next round exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from dpo_plugin_envs.completion import reward_components
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
+from trl.data_utils import maybe_apply_chat_template
+
+from ..evaluation.policies import CompletionSampler
+from ..evaluation.scoring import SequenceScorer
+from ..training.reference import frozen_copy
+from ..training.trainer import PreferenceTrainer
+from ..trl_private import create_model_from_path, get_config_model_id
+from ..utils.atomic import staged_folder, write_json
+from ..utils.errors import ConfigError, UserError
+from .config import OnlinePreferenceConfig
+from .pairs import group_pairs
+from .rollout import RoundSamples, sample_groups
+
+logger = logging.getLogger("dpo_plugin")
+
+ROUND_FILE = "round.json"  # a round folder's metrics; written last, so its presence marks the round complete
+REF_ADAPTER = "ref"  # the adapter TRL's DPOTrainer copies a PEFT policy's adapters into, its reference
+TRAINING_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+class OnlinePreferenceTrainer:
+    """Train `model` on-policy: `reward_funcs` (a callable `reward_fn(prompts, completions) -> list[float]`, a list
+    of them, or a `{name: fn}` mapping, weighted by `args.reward_weights`) rank its samples of the prompts of
+    `train_dataset` (a `prompt` column, strings or conversations), round after round (`OnlinePreferenceConfig`).
+
+    `ref_model`: an explicit fixed reference; default the initial policy (a LoRA policy's base, adapters off; a
+    full-parameter policy's frozen copy), or what the config's `ref_*` keys load. `self.rounds` holds each round's
+    metrics; `train()` returns them.
+    """
+
+    def __init__(
+        self,
+        model,
+        ref_model: torch.nn.Module | None = None,
+        reward_funcs: Callable | Sequence[Callable] | Mapping[str, Callable] | None = None,
+        args: OnlinePreferenceConfig | None = None,
+        train_dataset: Dataset | None = None,
+        processing_class=None,
+        peft_config=None,
+        callbacks=None,
+    ):
+        model_id = model if isinstance(model, str) else get_config_model_id(model.config)
+        if args is None:
+            args = OnlinePreferenceConfig(f"{model_id.split('/')[-1]}-OnlineDPO")
+        if not isinstance(args, OnlinePreferenceConfig):
+            raise ConfigError(
+                f"args is a {type(args).__name__}: OnlinePreferenceTrainer takes a dpo_plugin.OnlinePreferenceConfig."
+            )
+        if ref_model is not None and args.reference_update != "fixed":
+            raise ConfigError("A ref_model passed in is a fixed reference: set reference_update: fixed.")
+        self.args = args
+        self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model_id)
+        self.rewards, self.reward_weights = _reward_functions(reward_funcs, args.reward_weights)
+        self.prompts = _prompts(train_dataset, self.tokenizer)
+        if isinstance(model, str):
+            model = create_model_from_path(model, **(args.model_init_kwargs or {}))
+        self.model = model.to(args.device)
+        self.peft_config, self.callbacks = peft_config, callbacks
+        self.lora = peft_config is not None or is_peft_model(model)
+        # π_0, the policy as passed: a LoRA policy's base is its adapters off; a full-parameter one is copied, the
+        # fixed reference and what the KL of every round's samples is measured against
+        self.initial = None if self.lora else frozen_copy(self.model)
+        if ref_model is None and not self.lora and not args.builds_reference:
+            ref_model = self.initial
+        self.ref_model = ref_model
+        self.rounds: list[dict] = []
+        self.interrupted_by: int | None = None  # the signal that stopped the last `train()` inside a round
+
+    def train(self) -> list[dict]:
+        """Every round not yet complete in `output_dir` (the ones that are resume the run: their policy is loaded
+        and their metrics kept). SIGTERM/SIGINT while a round trains stop it with that round not saved
+        (`interrupted_by`); running again resumes at that round's start, exactly."""
+        first = self._resume()
+        rounds = range(first, self.args.rounds)
+        for index in tqdm(rounds, desc="Rounds", unit="round", disable=self.args.disable_tqdm or not rounds):
+            metrics = self._round(index)
+            if metrics is None:
+                break
+            self.rounds.append(metrics)
+        return self.rounds
+
+    def save_model(self, folder: str | Path) -> None:
+        """The policy (LoRA: its adapters) and tokenizer, published whole in `folder`."""
+        with staged_folder(Path(folder)) as staging:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # One round: sample → rank → pairs → train.
+
+    def _round(self, index: int) -> dict | None:
+        args, seed = self.args, self.args.seed + index
+        ref_model = self._round_reference(index)
+        samples = self._sample(self._round_prompts(index), seed)
+        rng = np.random.default_rng(seed)
+        rows, tied = [], 0
+        for group in samples.groups:
+            pairs = group_pairs(group.rewards, args.pair_rule, args.min_reward_margin, rng)
+            tied += not pairs
+            rows += [
+                {"prompt": group.prompt, "chosen": group.completions[c], "rejected": group.completions[r]}
+                for c, r in pairs
+            ]
+        metrics = {"round": index, **_sample_metrics(samples, self.tokenizer.eos_token_id)}
+        metrics |= {"pairs": len(rows), "groups/tie_fraction": tied / len(samples.groups)}
+        metrics["kl"] = self._kl_to_initial(samples)
+        started = time.perf_counter()
+        if rows:
+            trained = self._train_on(Dataset.from_list(rows), ref_model, seed)
+            if trained is None:
+                return None
+            metrics |= trained
+        else:
+            logger.warning("Round %d: every group tied, so no pairs: the policy is not trained this round.", index)
+        metrics["time/training"] = round(time.perf_counter() - started, 2)
+        self._save_round(index, metrics)
+        return metrics
+
+    def _round_prompts(self, index: int) -> list[str]:
+        """Round `index`'s prompts: the next `prompts_per_round` of one shuffled pass over the prompts (seeded by
+        `seed`), wrapping around."""
+        order = np.random.default_rng(self.args.seed).permutation(len(self.prompts))
+        start = index * self.args.prompts_per_round
+        return [self.prompts[order[i % len(order)]] for i in range(start, start + self.args.prompts_per_round)]
+
+    def _sample(self, prompts: list[str], seed: int) -> RoundSamples:
+        policy = self.model
+        was_training = policy.training
+        policy.eval()
+        try:
+            sampler = CompletionSampler(policy, self.tokenizer, self.args.generation, self._autocast)
+            return sample_groups(
+                sampler,
+                prompts,
+                self.rewards,
+                self.reward_weights,
+                self.args.samples_per_prompt,
+                self.args.sampling_batch_size,
+                seed,
+                progress=not self.args.disable_tqdm,
+            )
+        finally:
+            policy.train(was_training)
+
+    def _round_reference(self, index: int) -> torch.nn.Module | None:
+        """The `ref_model` of round `index`'s `PreferenceTrainer` (None: it chooses): `fixed`, the initial policy (or
+        the `ref_model` passed in; a LoRA policy's base, adapters off); `previous_round`, a frozen copy of the policy
+        as the round starts, or for LoRA TRL's own copy of its adapters (the `ref` adapter `DPOTrainer` adds)."""
+        if self.args.reference_update == "fixed" or self.lora:
+            return self.ref_model
+        return frozen_copy(self.model)
+
+    def _kl_to_initial(self, samples: RoundSamples) -> float:
+        """Mean over the round's samples of log π_θ(y|x) − log π_0(y|x), π_0 the initial policy, scored on exactly
+        the sampled tokens (no padding): the KL axis of the reward–KL frontier, whatever the reference schedule."""
+        if self.lora and not is_peft_model(self.model):
+            return 0.0  # before its trainer adds the adapters, a LoRA policy is its base
+        prompt_ids = [group.prompt_ids for group in samples.groups for _ in group.completion_ids]
+        completion_ids = [ids for group in samples.groups for ids in group.completion_ids]
+        batch = self.args.sampling_batch_size * self.args.samples_per_prompt
+        initial = self.model if self.lora else self.initial
+        initial_context = self._base_context if self.lora else self._autocast
+        policy = SequenceScorer(self.model, self.tokenizer, None, batch, self._autocast)
+        start = SequenceScorer(initial, self.tokenizer, None, batch, initial_context)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            log_ratios = policy.score_ids(prompt_ids, completion_ids) - start.score_ids(prompt_ids, completion_ids)
+        finally:
+            self.model.train(was_training)
+        return log_ratios.mean().item()
+
+    def _train_on(self, pairs: Dataset, ref_model: torch.nn.Module | None, seed: int) -> dict | None:
+        """`epochs_per_round` passes of a `PreferenceTrainer` over the round's pairs; the mean of its logged
+        training metrics, or None when SIGTERM/SIGINT stopped it."""
+        args = dataclasses.replace(
+            self.args,
+            output_dir=str(Path(self.args.output_dir) / ".round-training"),
+            save_on_interrupt=True,
+            num_train_epochs=self.args.epochs_per_round,
+            max_steps=-1,
+            save_strategy="no",
+            seed=seed,
+            data_seed=seed,
+            report_to="none",
+        )
+        _drop_ref_adapter(self.model)  # last round's reference; TRL adds this round's copy
+        trainer = PreferenceTrainer(
+            model=self.model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=pairs,
+            processing_class=self.tokenizer,
+            peft_config=self.peft_config if not is_peft_model(self.model) else None,
+            callbacks=self.callbacks,
+        )
+        if self.args.reference_update == "fixed":
+            _drop_ref_adapter(trainer.accelerator.unwrap_model(trainer.model))  # the base, not TRL's copy
+        for printing in (ProgressCallback, PrinterCallback):  # a bar of the round's steps, not a line per step
+            trainer.remove_callback(printing)
+        trainer.add_callback(StepBar(disable=self.args.disable_tqdm))
+        trainer.train()
+        self.model = trainer.accelerator.unwrap_model(trainer.model)
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # the round's trainer keeps nothing a round needs
+        if trainer.interrupted_by is not None:
+            self.interrupted_by = trainer.interrupted_by
+            return None
+        logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+        return {
+            key: statistics.fmean(entry[key] for entry in logged if key in entry)
+            for key in TRAINING_KEYS
+            if any(key in entry for entry in logged)
+        } | {"steps": trainer.state.global_step}
+
+    def _base_context(self):
+        """A LoRA policy's base: the training precision, its adapters off."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._autocast())
+        stack.enter_context(self.model.disable_adapter())
+        return stack
+
+    def _autocast(self):
+        device_type = torch.device(self.args.device).type
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bool(self.args.bf16))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Rounds saved whole, and resumed.
+
+    def _save_round(self, index: int, metrics: dict) -> None:
+        """The round's policy (LoRA: its adapters) and metrics, published whole as `output_dir/round-<index>`."""
+        with staged_folder(Path(self.args.output_dir) / f"round-{index}") as staging:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            write_json(staging / ROUND_FILE, metrics)
+
+    def _resume(self) -> int:
+        """The first round to run: after the last complete `round-<r>` folder in `output_dir`, whose policy is
+        loaded and whose metrics (and those of the rounds before it) are kept; 0 when there is none."""
+        folder = Path(self.args.output_dir)
+        done = sorted(int(path.name.split("-")[1]) for path in folder.glob("round-*") if (path / ROUND_FILE).is_file())
+        if not done:
+            return 0
+        missing = sorted(set(range(done[-1] + 1)) - set(done))
+        if missing or done[-1] >= self.args.rounds:
+            raise UserError(
+                f"{folder} holds rounds {done} of another run (rounds {missing} missing, or more than rounds="
+                f"{self.args.rounds}): give a new output_dir, or the output_dir of this run."
+            )
+        self.rounds = [json.loads((folder / f"round-{r}" / ROUND_FILE).read_text()) for r in done]
+        self._load_policy(folder / f"round-{done[-1]}")
+        logger.info("Resuming after round %d of %d from %s.", done[-1], self.args.rounds, folder)
+        return done[-1] + 1
+
+    def _load_policy(self, round_folder: Path) -> None:
+        if not self.lora:
+            from transformers import AutoModelForCausalLM
+
+            saved = AutoModelForCausalLM.from_pretrained(round_folder, dtype=self.model.dtype)
+            self.model.load_state_dict(saved.state_dict())
+            return
+        from peft import get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not is_peft_model(self.model):
+            self.model = get_peft_model(self.model, self.peft_config)
+        set_peft_model_state_dict(self.model, load_file(round_folder / "adapter_model.safetensors"))
+
+
+class StepBar(TrainerCallback):
+    """A progress bar over a round's optimizer steps, without the per-step log lines transformers prints."""
+
+    def __init__(self, disable: bool):
+        self.disable = disable
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        bar = {"desc": "Training on the pairs", "unit": "step", "leave": False, "disable": self.disable}
+        self.bar = tqdm(total=state.max_steps, **bar)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+def _drop_ref_adapter(model) -> None:
+    """Delete a PEFT policy's `ref` adapter, if it has one: its reference is then its base, adapters off."""
+    if is_peft_model(model) and REF_ADAPTER in model.peft_config:
+        model.delete_adapter(REF_ADAPTER)
+
+
+def _sample_metrics(samples: RoundSamples, eos_id: int | None) -> dict:
+    """The round's samples: reward mean and std, the mean reward spread within groups, completion length (tokens)
+    and the fraction ending in EOS, and the seconds spent sampling and ranking."""
+    rewards = [reward for group in samples.groups for reward in group.rewards]
+    lengths = [len(ids) for group in samples.groups for ids in group.completion_ids]
+    ended = [bool(ids) and ids[-1] == eos_id for group in samples.groups for ids in group.completion_ids]
+    return {
+        "reward/mean": statistics.fmean(rewards),
+        "reward/std": statistics.pstdev(rewards),
+        "reward/group_spread": statistics.fmean(max(g.rewards) - min(g.rewards) for g in samples.groups),
+        "completions/mean_length": statistics.fmean(lengths),
+        "completions/eos_rate": statistics.fmean(ended),
+        "time/sampling": round(samples.sampling_seconds, 2),
+        "time/ranking": round(samples.ranking_seconds, 2),
+    }
+
+
+def _reward_functions(reward_funcs, weights: list[float] | None) -> tuple[dict, dict | None]:
+    """Name → reward function (a list's functions named by `__name__`, a repeated name numbered), and name →
+    weight from the config's list."""
+    if reward_funcs is None:
+        raise ConfigError("reward_funcs is required: a reward_fn(prompts, completions) -> list[float], or several.")
+    if callable(reward_funcs) or isinstance(reward_funcs, Mapping):
+        rewards = reward_components(reward_funcs)
+    else:
+        rewards = {}
+        for fn in reward_funcs:
+            name = next(iter(reward_components(fn)))
+            rewards[name if name not in rewards else f"{name}_{len(rewards)}"] = fn
+    if weights is None:
+        return rewards, None
+    if len(weights) != len(rewards):
+        raise ConfigError(
+            f"reward_weights has {len(weights)} weights for {len(rewards)} reward functions: give one each."
+        )
+    return rewards, dict(zip(rewards, weights, strict=True))
+
+
+def _prompts(dataset: Dataset | None, tokenizer) -> list[str]:
+    """The prompt texts the policy completes: string prompts as they are, conversations through the chat template
+    with the generation prompt (as TRL renders them)."""
+    if dataset is None or "prompt" not in dataset.column_names:
+        raise UserError("train_dataset needs a `prompt` column: the prompts the policy completes each round.")
+    if len(dataset) == 0:
+        raise UserError("train_dataset has no prompts.")
+    rendered = (maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer) for row in dataset)
+    return [row["prompt"] for row in rendered]

@@ -1,0 +1,215 @@
+"""On-policy training: pair rules and ties against hand-made groups, and the loop learning a reward on a tiny model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from helpers import cli_error, make_model, make_pairs, save_checkpoint, tiny_args, write_splits
+from peft import LoraConfig
+from transformers import TrainerCallback
+
+from dpo_plugin import OnlinePreferenceConfig, OnlinePreferenceTrainer
+from dpo_plugin.cli import main
+from dpo_plugin.online.pairs import group_pairs
+from dpo_plugin.online.recipe import parse_online_recipe
+from dpo_plugin.utils.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "rule, rewards, expected",
+    [
+        ("best_worst", [0.1, 0.9, 0.5, 0.2], [(1, 0)]),
+        ("all_pairs", [0.1, 0.9, 0.5], [(1, 2), (1, 0), (2, 0)]),
+        ("all_pairs", [1.0, 0.0, 1.0], [(0, 1), (2, 1)]),  # the tie between 0 and 2 is dropped
+        ("best_worst", [0.3, 0.3, 0.3], []),  # a group of ties gives nothing
+        ("best_random", [0.3, 0.3], []),
+    ],
+)
+def test_pairs_follow_the_rule_and_drop_ties(rule, rewards, expected):
+    assert group_pairs(rewards, rule, 0.0, np.random.default_rng(0)) == expected
+
+
+def test_best_random_pairs_the_best_with_every_other_sample_over_draws_and_margins_drop_small_gaps():
+    rng, rewards = np.random.default_rng(0), [0.0, 1.0, 0.5, 0.25]
+    partners = {group_pairs(rewards, "best_random", 0.0, rng)[0] for _ in range(200)}
+    assert partners == {(1, 0), (1, 2), (1, 3)}
+    # gaps of at least 0.5 only: 1 over 2 (0.5), 3 (0.75) and 0 (1.0), and 2 over 0 (0.5)
+    assert group_pairs(rewards, "all_pairs", 0.5, rng) == [(1, 2), (1, 3), (1, 0), (2, 0)]
+
+
+RECIPES = Path(__file__).parents[2] / "recipes"
+
+
+def a_count(prompts, completions):
+    """The reward the policy learns: how many times the letter a appears in its completion."""
+    return [float(completion.count("a")) for completion in completions]
+
+
+def online_args(tmp_path, **overrides):
+    settings = dict(
+        rounds=4,
+        prompts_per_round=8,
+        samples_per_prompt=4,
+        max_new_tokens=8,
+        sampling_batch_size=8,
+        per_device_train_batch_size=4,
+        learning_rate=0.02,
+        max_steps=-1,
+        logging_steps=1,
+    )
+    return tiny_args(OnlinePreferenceConfig, tmp_path, **(settings | overrides))
+
+
+def prompts(n=16):
+    return Dataset.from_list([{"prompt": f"Q{i}: write"} for i in range(n)])
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "ipo", "tdpo2"])
+def test_the_policy_learns_the_reward_round_after_round(loss_type, tokenizer, tmp_path):
+    trainer = OnlinePreferenceTrainer(
+        model=make_model(len(tokenizer)),
+        reward_funcs=a_count,
+        args=online_args(tmp_path, loss_type=loss_type, beta=0.1 if loss_type != "ipo" else 0.5),
+        train_dataset=prompts(),
+        processing_class=tokenizer,
+    )
+    rounds = trainer.train()
+    means = [entry["reward/mean"] for entry in rounds]
+    assert len(rounds) == 4 and all(entry["pairs"] > 0 for entry in rounds)
+    assert means[-1] > 1.5 * means[0], means
+    assert rounds[0]["kl"] == pytest.approx(0.0, abs=1e-5) and rounds[-1]["kl"] > 0  # it moved off the reference
+    assert (tmp_path / "round-3" / "round.json").is_file()
+
+
+class FirstLogOfEachRound(TrainerCallback):
+    """Keeps the first training log entry of each round's trainer (each round trains a trainer of its own)."""
+
+    def __init__(self):
+        self.entries = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.waiting = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.waiting and "rewards/margins" in logs:
+            self.entries.append(logs)
+            self.waiting = False
+
+
+def online_trainer(tokenizer, tmp_path, lora=False, callbacks=None, **overrides):
+    peft = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if lora else None
+    return OnlinePreferenceTrainer(
+        model=make_model(len(tokenizer)),
+        reward_funcs=a_count,
+        args=online_args(tmp_path, **overrides),
+        train_dataset=prompts(),
+        processing_class=tokenizer,
+        peft_config=peft,
+        callbacks=callbacks,
+    )
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("reference_update", ["fixed", "previous_round"])
+def test_both_reference_schedules_train_full_and_lora_policies(lora, reference_update, tokenizer, tmp_path):
+    """Each round trains against its reference: `fixed`, the initial policy (a LoRA policy's base); `previous_round`,
+    the policy as the round starts, so its first logged implicit rewards are 0 (π_θ = π_ref before the first step).
+    The KL of every round's samples is to the initial policy: 0 in round 0, then growing as the policy moves."""
+    first_logs = FirstLogOfEachRound()
+    rate = 0.05 if lora else 0.02
+    trainer = online_trainer(
+        tokenizer, tmp_path, lora, [first_logs], rounds=3, reference_update=reference_update, learning_rate=rate
+    )
+    rounds = trainer.train()
+    kls = [entry["kl"] for entry in rounds]
+    assert kls[0] == pytest.approx(0.0, abs=1e-5) and kls[-1] > 0.05, kls
+    assert all(entry["steps"] > 0 for entry in rounds)
+    first_logged = [entry["rewards/margins"] for entry in first_logs.entries]
+    if reference_update == "previous_round":
+        assert first_logged == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)
+    else:
+        assert first_logged[0] == pytest.approx(0.0, abs=1e-6) and abs(first_logged[-1]) > 1e-3, first_logged
+    if lora:
+        assert (tmp_path / "round-2" / "adapter_model.safetensors").is_file()
+        has_ref = "ref" in trainer.model.peft_config
+        assert has_ref == (reference_update == "previous_round")  # TRL's copy of the adapters, or the base
+        assert not any(p.requires_grad for name, p in trainer.model.named_parameters() if ".ref." in name)
+
+
+TIMES = ("time/sampling", "time/ranking", "time/training")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_stopped_run_resumes_at_the_next_round_exactly(lora, tokenizer, tmp_path):
+    """Two rounds, then the same run with rounds: 4 in the same output_dir: it loads round 1's policy and its rounds
+    2 and 3 are those of an uninterrupted 4-round run, metric for metric."""
+    schedule = "previous_round" if lora else "fixed"
+    whole = online_trainer(tokenizer, tmp_path / "whole", lora, reference_update=schedule).train()
+    online_trainer(tokenizer, tmp_path / "stopped", lora, rounds=2, reference_update=schedule).train()
+    resumed = online_trainer(tokenizer, tmp_path / "stopped", lora, reference_update=schedule).train()
+    assert [entry["round"] for entry in resumed] == [0, 1, 2, 3]
+    for ours, theirs in zip(resumed, whole, strict=True):
+        assert set(ours) == set(theirs)
+        for key in set(ours) - set(TIMES):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (ours["round"], key)
+
+
+def test_config_refuses_what_cannot_run(tmp_path):
+    with pytest.raises(ConfigError, match="samples_per_prompt must be an integer >= 2"):
+        online_args(tmp_path, samples_per_prompt=1)
+    with pytest.raises(ConfigError, match="pair_rule 'best' is not known"):
+        online_args(tmp_path, pair_rule="best")
+    with pytest.raises(ConfigError, match="previous_round"):
+        online_args(tmp_path, reference_update="previous_round", ref_quantization="nf4")
+
+
+def raises_inside(prompts, completions):
+    raise KeyError("no such prompt")
+
+
+def one_reward_too_few(prompts, completions):
+    return [1.0] * (len(completions) - 1)
+
+
+def online_command(checkpoint, data, output_dir, *extra):
+    command = ["online", "--model_name_or_path", str(checkpoint), "--dataset_name", str(data)]
+    command += ["--output_dir", str(output_dir), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"]
+    command += ["--gradient_checkpointing", "false", "--rounds", "4", "--prompts_per_round", "8"]
+    command += ["--samples_per_prompt", "4", "--max_new_tokens", "8", "--per_device_train_batch_size", "4"]
+    command += ["--learning_rate", "0.02", "--max_length", "64", "--disable_tqdm", "true", "--logging_steps", "1"]
+    return [*command, *extra]
+
+
+def test_the_online_command_learns_the_reward_and_writes_its_outputs(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "tiny")
+    data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
+    main(online_command(checkpoint, data, tmp_path / "run", "--reward_funcs", "test_online:a_count"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    means = [entry["reward/mean"] for entry in metrics["rounds"]]
+    assert len(means) == 4 and means[-1] > 1.5 * means[0], means
+    assert (tmp_path / "run" / "rounds.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "run" / "model.safetensors").is_file() and not list((tmp_path / "run").glob(".*"))
+
+
+@pytest.mark.parametrize(
+    "reward, message",
+    [
+        ("no_such_reward", "'no_such_reward' is neither a built-in reward (gold_positive"),
+        ("test_online:missing", "'test_online:missing' does not resolve"),
+        ("test_online:raises_inside", "reward function 'raises_inside' raised KeyError: 'no such prompt'"),
+        ("test_online:one_reward_too_few", "'one_reward_too_few' returned 31 rewards, expected 32"),
+    ],
+)
+def test_a_bad_reward_function_is_one_line_naming_it_and_writes_nothing(reward, message, tmp_path, capsys):
+    checkpoint = save_checkpoint(tmp_path / "tiny")
+    data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
+    run = tmp_path / "run"
+    assert message in cli_error(capsys, online_command(checkpoint, data, run, "--reward_funcs", reward))
+    assert not run.exists()
+
+
+def test_the_online_recipe_parses():
+    script_args, config, model_args = parse_online_recipe(["--config", str(RECIPES / "online_dpo.yaml")])
+    assert script_args.reward_funcs == ["gold_from_prompt"] and config.rounds >= 1 and model_args.use_peft
