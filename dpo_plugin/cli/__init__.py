@@ -40,6 +40,7 @@ USAGE = """usage: dpo-plugin {train,online,eval,ppo,compare,bench,assets} [--con
   dpo-plugin ppo --config recipes/compare/ppo.yaml       PPO against a reward model (the RLHF baseline)
   dpo-plugin compare --config recipes/compare_dpo_ppo.yaml   the DPO paper's comparison, end to end
   dpo-plugin bench {speed,memory,heads} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
+  dpo-plugin bench sampling --config recipes/online_dpo.yaml   the on-policy sampler against today's
   dpo-plugin assets                                      fetch the offline model and data into the cache
 
 `dpo-plugin <command> --help` lists a command's keys. --verbose (or DPO_PLUGIN_VERBOSE=1) shows library warnings;

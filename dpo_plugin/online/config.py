@@ -72,7 +72,7 @@ class OnlinePreferenceConfig(PreferenceConfig):
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: off)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
     sampling_batch_size: int = field(
-        default=8, metadata={"help": "Prompts per sampling call (each with its samples_per_prompt completions)."}
+        default=16, metadata={"help": "Prompts per sampling call (each with its samples_per_prompt completions)."}
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (default: 1 each); the reward is their sum."}

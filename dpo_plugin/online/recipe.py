@@ -42,23 +42,29 @@ class OnlineScriptArguments:
         check(self, {"max_prompts": integer_at_least(1), "reward_batch_size": integer_at_least(1)})
 
 
-def parse_online_recipe(argv: list[str], prog: str = "dpo-plugin online") -> tuple:
-    """`(script_args, config, model_args)` from `--config recipe.yaml` and `--key value` overrides."""
-    _, script_args, config, model_args = parse_config(
-        (OnlineScriptArguments, OnlinePreferenceConfig, ModelConfig), argv, prog
+def parse_online_recipe(argv: list[str], prog: str = "dpo-plugin online", extra: tuple = ()) -> tuple:
+    """`(script_args, config, model_args, *extra_args)` from `--config recipe.yaml` and `--key value` overrides, one
+    more instance per dataclass of `extra`."""
+    _, script_args, config, model_args, *extra_args = parse_config(
+        (OnlineScriptArguments, OnlinePreferenceConfig, ModelConfig, *extra), argv, prog
     )
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model).")
-    return script_args, config, model_args
+    return (script_args, config, model_args, *extra_args)
+
+
+def recipe_prompts(script_args: OnlineScriptArguments):
+    """The recipe's prompts: the `prompt` column of its dataset's training split (the first `max_prompts`)."""
+    split, dataset_config = script_args.dataset_train_split, script_args.dataset_config
+    rows = load_preference_dataset(script_args.dataset_name, split, dataset_config)
+    return first_rows(rows, script_args.max_prompts).select_columns(["prompt"])
 
 
 def build_online_trainer(script_args: OnlineScriptArguments, config: OnlinePreferenceConfig, model_args: ModelConfig):
     """The recipe's prompts, policy (`load_policy`; LoRA adapters when `use_peft`), rewards and trainer."""
     from .trainer import OnlinePreferenceTrainer
 
-    split, dataset_config = script_args.dataset_train_split, script_args.dataset_config
-    rows = load_preference_dataset(script_args.dataset_name, split, dataset_config)
-    prompts = first_rows(rows, script_args.max_prompts).select_columns(["prompt"])
+    prompts = recipe_prompts(script_args)
     model, tokenizer = load_policy(model_args, config.device)
     rewards = resolve_rewards(script_args.reward_funcs, tokenizer, script_args.reward_batch_size, config.max_length)
     return OnlinePreferenceTrainer(

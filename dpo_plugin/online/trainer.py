@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, Train
 from trl.data_utils import maybe_apply_chat_template
 
 from ..evaluation.policies import CompletionSampler
-from ..evaluation.scoring import SequenceScorer
+from ..evaluation.scoring import SequenceScorer, prompt_token_ids
 from ..training.reference import frozen_copy
 from ..training.trainer import PreferenceTrainer
 from ..trl_private import create_model_from_path, get_config_model_id
@@ -80,7 +80,7 @@ class OnlinePreferenceTrainer:
         self.args = args
         self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model_id)
         self.rewards, self.reward_weights = _reward_functions(reward_funcs, args.reward_weights)
-        self.prompts = _prompts(train_dataset, self.tokenizer)
+        self.prompts = prompt_texts(train_dataset, self.tokenizer)
         if isinstance(model, str):
             model = create_model_from_path(model, **(args.model_init_kwargs or {}))
         self.model = model.to(args.device)
@@ -160,7 +160,7 @@ class OnlinePreferenceTrainer:
             sampler = CompletionSampler(policy, self.tokenizer, self.args.generation, self._autocast)
             return sample_groups(
                 sampler,
-                prompts,
+                sorted_by_length(prompts, self.tokenizer),
                 self.rewards,
                 self.reward_weights,
                 self.args.samples_per_prompt,
@@ -312,6 +312,12 @@ class StepBar(TrainerCallback):
         self.bar.close()
 
 
+def sorted_by_length(prompts: list[str], tokenizer) -> list[str]:
+    """`prompts`, longest first in tokens (a stable sort): the prompts a sampling call batches together are of about
+    one length, so little of each call is padding."""
+    return sorted(prompts, key=lambda prompt: -len(prompt_token_ids(tokenizer, prompt)))
+
+
 def _drop_ref_adapter(model) -> None:
     """Delete a PEFT policy's `ref` adapter, if it has one: its reference is then its base, adapters off."""
     if is_peft_model(model) and REF_ADAPTER in model.peft_config:
@@ -356,7 +362,7 @@ def _reward_functions(reward_funcs, weights: list[float] | None) -> tuple[dict, 
     return rewards, dict(zip(rewards, weights, strict=True))
 
 
-def _prompts(dataset: Dataset | None, tokenizer) -> list[str]:
+def prompt_texts(dataset: Dataset | None, tokenizer) -> list[str]:
     """The prompt texts the policy completes: string prompts as they are, conversations through the chat template
     with the generation prompt (as TRL renders them)."""
     if dataset is None or "prompt" not in dataset.column_names:

@@ -1,4 +1,5 @@
-"""`dpo-plugin bench {memory,heads,speed} --config recipe.yaml [--key value ...]`: measurements any user can rerun.
+"""`dpo-plugin bench {memory,heads,speed,sampling} --config recipe.yaml [--key value ...]`: measurements any user can
+rerun; `sampling` (`sampling.py`) takes an online recipe: the on-policy loop's sampler against today's and generate.
 
 `memory` (`memory.py`): what a quantized reference saves; `heads` (`heads.py`): the objective head's memory and time
 against TRL's; `speed` (`speed.py`): steps per second against TRL's and a raw PyTorch loop. `measuring.py` measures a
@@ -9,7 +10,7 @@ step's FLOPs for `speed`.
 import importlib
 
 # name -> the module whose function of the same name runs that benchmark (imported only when it runs)
-BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed"}
+BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed", "sampling": "sampling"}
 
 
 def bench(argv: list[str]) -> dict:
