@@ -1,6 +1,10 @@
 """On-policy training: pair rules and ties against hand-made groups, and the loop learning a reward on a tiny model."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +217,32 @@ def test_a_bad_reward_function_is_one_line_naming_it_and_writes_nothing(reward, 
 def test_the_online_recipe_parses():
     script_args, config, model_args = parse_online_recipe(["--config", str(RECIPES / "online_dpo.yaml")])
     assert script_args.reward_funcs == ["gold_from_prompt"] and config.rounds >= 1 and model_args.use_peft
+
+
+def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a `dpo-plugin online` process once its first round is saved (whatever it is doing then: a round
+    is published whole or not at all), run the same command again: the rounds equal an uninterrupted run's."""
+    checkpoint = save_checkpoint(tmp_path / "tiny")
+    data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
+    reward = ["--reward_funcs", "test_online:a_count"]
+    main(online_command(checkpoint, data, tmp_path / "whole", *reward))
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "dpo_plugin.cli", *online_command(checkpoint, data, killed, *reward)]
+    here = Path(__file__).parent  # the reward function's module, and the helpers it imports
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (killed / "round-0" / "round.json").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    log.close()
+    assert (killed / "round-0" / "round.json").is_file(), (tmp_path / "killed.log").read_text()[-2000:]
+    assert not (killed / "metrics.json").is_file()  # killed before its end
+    main(online_command(checkpoint, data, killed, *reward))
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["rounds"]
+    resumed = json.loads((killed / "metrics.json").read_text())["rounds"]
+    for ours, theirs in zip(resumed, whole, strict=True):
+        for key in set(ours) - set(TIMES):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (ours["round"], key)
