@@ -9,13 +9,14 @@ it may be training. `heldout.py` walks the environments; this module only decide
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
 import torch
 from dpo_plugin_envs import RewardFn
 
+from ..utils.modes import in_eval_mode
 from .heldout import Accuracy, SampleReport, preference_accuracies, preference_accuracy, sampled_completions
 from .policies import CompletionSampler, PreferenceChooser
 from .scoring import FrozenScores, SequenceScorer
@@ -50,10 +51,8 @@ class HeldoutEvaluator:
 
     def with_policy(self, policy: ModelInContext) -> HeldoutEvaluator:
         """The same evaluation of another policy against the same reference, sharing its memoized scores."""
-        other = HeldoutEvaluator(policy, (self.reference_model, self.reference_context), self.tokenizer)
-        other.batch_size, other.max_length = self.batch_size, self.max_length
-        other.live_reference, other.reference_scores = self.live_reference, self.reference_scores
-        other.start_scores = self.start_scores
+        other = copy.copy(self)
+        other.policy = policy
         return other
 
     def keep_scores_before_training(self, pairs, *, reference: bool, start: bool) -> None:
@@ -61,7 +60,7 @@ class HeldoutEvaluator:
         policy's as it starts where `start`; later calls rank those pairs with the kept scores."""
         prompts = list(pairs["prompt"]) * 2
         completions = list(pairs["chosen"]) + list(pairs["rejected"])
-        with self._policy_in_eval_mode():
+        with in_eval_mode(self.policy[0]):
             if reference:
                 self.reference_scores = FrozenScores(self.reference_scores, prompts, completions)
             if start:
@@ -70,7 +69,7 @@ class HeldoutEvaluator:
     def accuracies(self, pairs, seed: int = 0) -> dict[str, Accuracy]:
         """Every ranking of `preference_accuracies`: the reference and the policy by likelihood, the policy by
         implicit reward, and (with kept start scores) by implicit reward against its start."""
-        with self._policy_in_eval_mode():
+        with in_eval_mode(self.policy[0]):
             policy = self._scorer(self.policy)
             return preference_accuracies(
                 policy, self.reference_scores, pairs, self.batch_size, seed, start=self.start_scores
@@ -78,7 +77,7 @@ class HeldoutEvaluator:
 
     def accuracy(self, pairs, seed: int = 0) -> Accuracy:
         """PreferencePairs-v0 over `pairs`, choosing by implicit reward log π_θ/π_ref (β does not change a ranking)."""
-        with self._policy_in_eval_mode():
+        with in_eval_mode(self.policy[0]):
             chooser = PreferenceChooser.by_implicit_reward(self._scorer(self.policy), self.reference_scores)
             return preference_accuracy(chooser, pairs, self.batch_size, seed)
 
@@ -104,7 +103,7 @@ class HeldoutEvaluator:
                 "`dpo-plugin eval`, which loads the reference from its checkpoint."
             )
         model, context = self.policy
-        with self._policy_in_eval_mode():
+        with in_eval_mode(self.policy[0]):
             sampler = CompletionSampler(model, self.tokenizer, generation, context)
             kl_scorers = (self._scorer(self.policy), self.live_reference)
             return sampled_completions(
@@ -114,13 +113,3 @@ class HeldoutEvaluator:
     def _scorer(self, model_in_context: ModelInContext) -> SequenceScorer:
         model, context = model_in_context
         return SequenceScorer(model, self.tokenizer, self.max_length, self.batch_size, context)
-
-    @contextlib.contextmanager
-    def _policy_in_eval_mode(self) -> Iterator[None]:
-        policy = self.policy[0]
-        was_training = policy.training
-        policy.eval()
-        try:
-            yield
-        finally:
-            policy.train(was_training)

@@ -36,6 +36,7 @@ from ..training.trainer import PreferenceTrainer
 from ..trl_private import create_model_from_path, get_config_model_id
 from ..utils.atomic import staged_folder, write_json
 from ..utils.errors import ConfigError, UserError
+from ..utils.modes import in_eval_mode
 from .config import OnlinePreferenceConfig
 from .pairs import group_pairs
 from .rollout import RoundSamples, sample_groups
@@ -153,10 +154,7 @@ class OnlinePreferenceTrainer:
         return [self.prompts[order[i % len(order)]] for i in range(start, start + self.args.prompts_per_round)]
 
     def _sample(self, prompts: list[str], seed: int) -> RoundSamples:
-        policy = self.model
-        was_training = policy.training
-        policy.eval()
-        try:
+        with in_eval_mode(self.model) as policy:
             sampler = CompletionSampler(policy, self.tokenizer, self.args.generation, self._autocast)
             return sample_groups(
                 sampler,
@@ -168,8 +166,6 @@ class OnlinePreferenceTrainer:
                 seed,
                 progress=not self.args.disable_tqdm,
             )
-        finally:
-            policy.train(was_training)
 
     def _round_reference(self, index: int) -> torch.nn.Module | None:
         """The `ref_model` of round `index`'s `PreferenceTrainer` (None: it chooses): `fixed`, the initial policy (or
@@ -191,12 +187,8 @@ class OnlinePreferenceTrainer:
         initial_context = self._base_context if self.lora else self._autocast
         policy = SequenceScorer(self.model, self.tokenizer, None, batch, self._autocast)
         start = SequenceScorer(initial, self.tokenizer, None, batch, initial_context)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with in_eval_mode(self.model):
             log_ratios = policy.score_ids(prompt_ids, completion_ids) - start.score_ids(prompt_ids, completion_ids)
-        finally:
-            self.model.train(was_training)
         return log_ratios.mean().item()
 
     def _train_on(self, pairs: Dataset, ref_model: torch.nn.Module | None, seed: int) -> dict | None:

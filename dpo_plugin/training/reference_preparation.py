@@ -20,6 +20,7 @@ from ..data.assets import resolve_model
 from ..objectives.reader import Context, model_inputs
 from ..trl_private import get_config_model_id
 from ..utils.errors import ConfigError
+from ..utils.modes import in_eval_mode
 from .mixed_reference import (
     NF4,
     Batches,
@@ -195,9 +196,5 @@ def _gap_to_full_precision(reference, batches: Batches, policy, tokenizer, autoc
         full = load_reference(reference.checkpoint, policy, tokenizer, device=next(policy.parameters()).device)
         return quantization_gap((full, autocast), quantized, batches)
     as_it_starts = Reference(policy, ADAPTERS_OFF if is_peft_model(policy) else INITIAL_POLICY)
-    was_training = policy.training
-    policy.eval()
-    try:
+    with in_eval_mode(policy):
         return quantization_gap((policy, lambda: as_it_starts.context(autocast)), quantized, batches)
-    finally:
-        policy.train(was_training)
