@@ -11,10 +11,27 @@ from pathlib import Path
 from ..online.recipe import build_online_trainer, parse_online_recipe
 
 ROUND_CURVES = (
-    ("reward/mean", "mean reward of the samples"),
-    ("kl", "KL(π‖π_0) of the samples"),
+    ("reward/mean", "mean reward of the round's samples"),
+    ("kl", "KL(π‖π_0) of the round's samples"),
     ("groups/tie_fraction", "groups tied (no pair)"),
 )
+
+
+def round_curves(rounds: list[dict], start_eval: dict | None) -> tuple[list[dict], tuple]:
+    """The plot's points against rounds trained: round r's samples at r, the held-out evaluation after round r at
+    r + 1 (before the first at 0); and the curves to draw (held-out ones first, where there are any)."""
+    points = [{"step": entry["round"], **entry} for entry in rounds] + [{"step": len(rounds)}]
+    evaluations = [start_eval or {}] + [heldout_metrics(entry) for entry in rounds]
+    for point, evaluation in zip(points, evaluations, strict=True):
+        point |= {f"heldout {key}": value for key, value in evaluation.items()}
+    heldout = [key for key in (start_eval or {}) if not key.endswith("_se")]
+    curves = tuple((f"heldout {key}", f"held-out {key}") for key in heldout) + ROUND_CURVES
+    return [point for point in points if curves[0][0] in point], curves
+
+
+def heldout_metrics(entry: dict) -> dict:
+    """A round's held-out evaluation (its `eval/` keys), the prefix removed."""
+    return {key.removeprefix("eval/"): value for key, value in entry.items() if key.startswith("eval/")}
 
 
 def online(argv: list[str]) -> dict:
@@ -31,20 +48,24 @@ def online(argv: list[str]) -> dict:
         trainer = build_online_trainer(script_args, config, model_args)
         rounds = trainer.train()
     if trainer.interrupted_by is not None:
-        signum = trainer.interrupted_by
+        signum, kept = trainer.interrupted_by, len(rounds)
+        saved = f"rounds 0-{kept - 1} are saved in {output_dir}" if kept else "no round was complete"
         print(
-            f"Stopped by {signal.Signals(signum).name} during round {len(rounds)}; rounds 0-{len(rounds) - 1} are "
-            f"saved in {output_dir}. Run the same command again to resume at round {len(rounds)}."
+            f"Stopped by {signal.Signals(signum).name}: {saved}. Run the same command again to resume at round {kept}."
         )
         sys.exit(128 + signum)
     trainer.save_model(output_dir)
     results = {"recipe": {"script": asdict(script_args), "model": asdict(model_args)}, "rounds": rounds}
+    if trainer.start_eval is not None:
+        results["start_eval"] = trainer.start_eval
     write_json(output_dir / "metrics.json", results)
-    curves = [{"step": entry["round"], **entry} for entry in rounds]
+    points, curves = round_curves(rounds, trainer.start_eval)
     title = f"on-policy {', '.join(config.loss_type)}, {config.samples_per_prompt} samples a prompt"
-    plot_training_curves(curves, output_dir / "rounds.png", title, 1, ROUND_CURVES, x_label="round")
+    plot_training_curves(points, output_dir / "rounds.png", title, 1, curves, x_label="rounds trained")
     for entry in rounds:
         reward, kl = entry["reward/mean"], entry["kl"]
-        print(f"round {entry['round']}: mean reward {reward:.3f}, KL to the start {kl:.3f}, {entry['pairs']} pairs")
+        line = f"round {entry['round']}: samples' mean reward {reward:.3f}, KL to the start {kl:.3f}"
+        heldout = [f"{key} {value:.3f}" for key, value in heldout_metrics(entry).items() if not key.endswith("_se")]
+        print(f"{line}, {entry['pairs']} pairs" + (f"; held-out after it: {', '.join(heldout)}" if heldout else ""))
     print(f"Wrote {output_dir / 'metrics.json'} and {output_dir / 'rounds.png'}")
     return results

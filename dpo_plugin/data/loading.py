@@ -17,8 +17,26 @@ from .formats import normalize_preference_dataset
 LOCAL_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_preference_dataset(name: str, split: str, config: str | None = None, **hub_options) -> Dataset:
-    """Load ``split`` of ``name`` and normalise it to TRL's explicit-prompt preference format.
+def load_prompt_dataset(name: str, split: str, config: str | None = None, **hub_options) -> Dataset:
+    """The ``prompt`` column of ``split`` of ``name``, found as `load_preference_dataset` finds data: a prompt-only
+    dataset (a ``prompt`` column of strings or conversations, as TRL's online trainers take), or the prompts of a
+    preference dataset in any accepted format."""
+    return load_preference_dataset(name, split, config, normalize=prompts_only, **hub_options)
+
+
+def prompts_only(dataset: Dataset) -> Dataset:
+    """The ``prompt`` column of a prompt-only or preference dataset (``ValueError`` naming the formats if neither)."""
+    if "prompt" in dataset.column_names and not {"chosen", "rejected"} & set(dataset.column_names):
+        if len(dataset) == 0:
+            raise UserError("The prompt-only dataset has no rows.")
+        return dataset.select_columns(["prompt"])
+    return normalize_preference_dataset(dataset).select_columns(["prompt"])
+
+
+def load_preference_dataset(
+    name: str, split: str, config: str | None = None, normalize=normalize_preference_dataset, **hub_options
+) -> Dataset:
+    """Load ``split`` of ``name`` and normalise it to TRL's explicit-prompt preference format (or with `normalize`).
 
     ``name`` is tried, in order, as:
     (a) a local .json/.jsonl/.csv/.parquet file (its only split is ``"train"``) or a folder of such files,
@@ -35,19 +53,19 @@ def load_preference_dataset(name: str, split: str, config: str | None = None, **
         if config is not None:
             raise UserError(f"config={config!r} applies only to hub datasets, not to the local or built-in {name!r}.")
         if not path.exists():
-            return _normalized(load_builtin(name, split), label)
+            return _normalized(load_builtin(name, split), label, normalize)
         if path.is_file() and split != "train":
             raise UserError(
                 f"{path} is a single file, so its only split is 'train', not {split!r}. To give it a {split!r} "
                 f"split, put it in a folder as {split}{path.suffix} beside train{path.suffix}."
             )
-        return load_preference_files([path] if path.is_file() else _split_files(path, split), label)
+        return load_preference_files([path] if path.is_file() else _split_files(path, split), label, normalize)
     if path.suffix in LOCAL_FILE_BUILDERS:
         raise FileNotFoundError(f"No such data file: {path}. Check the path (relative paths start at {Path.cwd()}).")
-    return _normalized(load_hub_dataset(name, split, config, **hub_options), label)
+    return _normalized(load_hub_dataset(name, split, config, **hub_options), label, normalize)
 
 
-def load_preference_files(files: list[Path], label: str) -> Dataset:
+def load_preference_files(files: list[Path], label: str, normalize=normalize_preference_dataset) -> Dataset:
     """Local .json/.jsonl/.csv/.parquet files of one kind read as one dataset and normalised; a file that does not
     read says which file, which line and what was expected (`file_errors`). `label` names the data in errors."""
     builders = {LOCAL_FILE_BUILDERS.get(file.suffix) for file in files}
@@ -67,13 +85,13 @@ def load_preference_files(files: list[Path], label: str) -> Dataset:
         problems = [problem for file in files if (problem := describe_unreadable(file))]
         cause = problems[0] if problems else f"{type(error).__name__}: {one_line(error)}"
         raise UserError(f"Cannot read {label}: {cause}.") from error
-    return _normalized(raw, label, files)
+    return _normalized(raw, label, normalize, files)
 
 
-def _normalized(raw: Dataset, label: str, files: list[Path] = ()) -> Dataset:
-    """`normalize_preference_dataset(raw)`, its error naming `label` (and what is wrong in `files`, if anything)."""
+def _normalized(raw: Dataset, label: str, normalize, files: list[Path] = ()) -> Dataset:
+    """`normalize(raw)`, its error naming `label` (and what is wrong in `files`, if anything)."""
     try:
-        return normalize_preference_dataset(raw)
+        return normalize(raw)
     except ValueError as error:
         problems = [problem for file in files if (problem := describe_unreadable(file))]
         raise UserError(f"{label}: {problems[0] if problems else error}") from error

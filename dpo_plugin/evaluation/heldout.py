@@ -9,6 +9,7 @@ vector environments, so a model scores a whole batch per call and a reward model
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -85,12 +86,14 @@ def preference_accuracies(
 
 @dataclass
 class SampleReport:
-    """Completion-v0 over `completions` prompts: the mean of each reward component, and the mean sampled KL."""
+    """Completion-v0 over `completions` prompts: the mean of each reward component, and the mean sampled KL; in
+    `standard_errors`, each mean's standard error over the prompts (s/√n; key "kl" for the KL)."""
 
     completions: int
     rewards: dict[str, float]
     kl: float | None
     examples: list[dict[str, str]] = field(default_factory=list)
+    standard_errors: dict[str, float] = field(default_factory=dict)
 
 
 def sampled_completions(
@@ -135,12 +138,19 @@ def sampled_completions(
             examples += [{"prompt": prompt, "completion": completion} for prompt, completion in kept]
             progress.update(keep)
     env.close()
+    series = components | ({"kl": kls} if kl_scorers else {})
     return SampleReport(
         completions=n,
         rewards={name: sum(values) / n for name, values in components.items()},
         kl=sum(kls) / n if kl_scorers else None,
         examples=examples[:8],
+        standard_errors={name: standard_error(values) for name, values in series.items()},
     )
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of `values`, s/√n (0 for fewer than two)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, get_peft_config
 
-from ..data.loading import first_rows, load_preference_dataset
+from ..data.loading import first_rows, load_prompt_dataset
 from ..training.recipe import load_policy
 from ..utils.config_files import parse_config
 from ..utils.errors import UserError
@@ -36,10 +36,23 @@ class OnlineScriptArguments:
         },
     )
     reward_batch_size: int = field(default=16, metadata={"help": "Completions per reward-model call."})
+    dataset_test_split: str = field(default="test", metadata={"help": "The split the held-out prompts come from."})
+    eval_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "Held-out prompts (the first N of dataset_test_split) each sampled once before the first round "
+            "and after each: their mean reward and KL to the start (0: no held-out evaluation)."
+        },
+    )
+    eval_reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "The rewards of the held-out evaluation, as reward_funcs (default: reward_funcs)."},
+    )
 
     def __post_init__(self):
         required(self, "dataset_name", "reward_funcs", hint="see recipes/online_dpo.yaml")
-        check(self, {"max_prompts": integer_at_least(1), "reward_batch_size": integer_at_least(1)})
+        counts = {"max_prompts": integer_at_least(1), "reward_batch_size": integer_at_least(1)}
+        check(self, counts | {"eval_prompts": integer_at_least(0, "(0: no held-out evaluation)")})
 
 
 def parse_online_recipe(argv: list[str], prog: str = "dpo-plugin online", extra: tuple = ()) -> tuple:
@@ -53,25 +66,30 @@ def parse_online_recipe(argv: list[str], prog: str = "dpo-plugin online", extra:
     return (script_args, config, model_args, *extra_args)
 
 
-def recipe_prompts(script_args: OnlineScriptArguments):
-    """The recipe's prompts: the `prompt` column of its dataset's training split (the first `max_prompts`)."""
-    split, dataset_config = script_args.dataset_train_split, script_args.dataset_config
-    rows = load_preference_dataset(script_args.dataset_name, split, dataset_config)
-    return first_rows(rows, script_args.max_prompts).select_columns(["prompt"])
+def recipe_prompts(script_args: OnlineScriptArguments, split: str, count: int | None):
+    """The `prompt` column of the first `count` rows (all: None) of one split of the recipe's dataset: a
+    prompt-only dataset, or a preference dataset's prompts."""
+    rows = load_prompt_dataset(script_args.dataset_name, split, script_args.dataset_config)
+    return first_rows(rows, count).select_columns(["prompt"])
 
 
 def build_online_trainer(script_args: OnlineScriptArguments, config: OnlinePreferenceConfig, model_args: ModelConfig):
     """The recipe's prompts, policy (`load_policy`; LoRA adapters when `use_peft`), rewards and trainer."""
     from .trainer import OnlinePreferenceTrainer
 
-    prompts = recipe_prompts(script_args)
+    prompts = recipe_prompts(script_args, script_args.dataset_train_split, script_args.max_prompts)
+    eval_prompts = None
+    if script_args.eval_prompts:
+        eval_prompts = recipe_prompts(script_args, script_args.dataset_test_split, script_args.eval_prompts)
     model, tokenizer = load_policy(model_args, config.device)
-    rewards = resolve_rewards(script_args.reward_funcs, tokenizer, script_args.reward_batch_size, config.max_length)
+    resolve = lambda specs: resolve_rewards(specs, tokenizer, script_args.reward_batch_size, config.max_length)  # noqa: E731
     return OnlinePreferenceTrainer(
         model=model,
-        reward_funcs=rewards,
+        reward_funcs=resolve(script_args.reward_funcs),
         args=config,
         train_dataset=prompts,
+        eval_dataset=eval_prompts,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        eval_reward_funcs=resolve(script_args.eval_reward_funcs) if script_args.eval_reward_funcs else None,
     )

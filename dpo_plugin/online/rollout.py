@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import gymnasium
@@ -45,10 +45,11 @@ def sample_groups(
     prompts_per_call: int,
     seed: int,
     progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> RoundSamples:
     """`group_size` completions of each of `prompts`, `prompts_per_call` prompts per `generate` call: each vector
     step of the grouped environment serves each prompt to `group_size` sub-environments, the policy answers them
-    all, and the step's rewards rank them."""
+    all, and the step's rewards rank them. Stops early, with the groups so far, once `should_stop()` after a step."""
     groups_per_step = min(prompts_per_call, len(prompts))
     env = gymnasium.make_vec(
         "dpo_plugin/Completion-v0",
@@ -63,7 +64,7 @@ def sample_groups(
     torch.manual_seed(seed)
     result = RoundSamples()
     with tqdm(total=len(prompts), desc="Sampling groups", unit="prompt", disable=not progress, leave=False) as bar:
-        while len(result.groups) < len(prompts):
+        while len(result.groups) < len(prompts) and not should_stop():
             served, started = list(observations), time.perf_counter()
             samples = sampler.sample(served)
             result.sampling_seconds += time.perf_counter() - started

@@ -29,8 +29,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
 from trl.data_utils import maybe_apply_chat_template
 
+from ..evaluation.evaluator import HeldoutEvaluator
 from ..evaluation.policies import CompletionSampler
 from ..evaluation.scoring import SequenceScorer, prompt_token_ids
+from ..training.interruption import StopSignals
 from ..training.reference import frozen_copy
 from ..training.trainer import PreferenceTrainer
 from ..trl_private import create_model_from_path, get_config_model_id
@@ -44,6 +46,7 @@ from .rollout import RoundSamples, sample_groups
 logger = logging.getLogger("dpo_plugin")
 
 ROUND_FILE = "round.json"  # a round folder's metrics; written last, so its presence marks the round complete
+START_EVAL_FILE = "start_eval.json"  # the held-out evaluation before the first round
 REF_ADAPTER = "ref"  # the adapter TRL's DPOTrainer copies a PEFT policy's adapters into, its reference
 TRAINING_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -56,6 +59,11 @@ class OnlinePreferenceTrainer:
     `ref_model`: an explicit fixed reference; default the initial policy (a LoRA policy's base, adapters off; a
     full-parameter policy's frozen copy), or what the config's `ref_*` keys load. `self.rounds` holds each round's
     metrics; `train()` returns them.
+
+    Held-out evaluation, before the first round (`self.start_eval`) and after each (`eval/*` in its metrics): with
+    `eval_dataset` (prompts), one completion sampled per prompt (seed 0 every time), its mean reward under
+    `eval_reward_funcs` (default `reward_funcs`) and KL(π_θ ‖ π_0) with their standard errors; or whatever
+    `eval_fn(policy, round) -> dict` returns (round −1 before the first).
     """
 
     def __init__(
@@ -65,9 +73,12 @@ class OnlinePreferenceTrainer:
         reward_funcs: Callable | Sequence[Callable] | Mapping[str, Callable] | None = None,
         args: OnlinePreferenceConfig | None = None,
         train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
         processing_class=None,
         peft_config=None,
         callbacks=None,
+        eval_reward_funcs: Callable | Sequence[Callable] | Mapping[str, Callable] | None = None,
+        eval_fn: Callable[[torch.nn.Module, int], dict] | None = None,
     ):
         model_id = model if isinstance(model, str) else get_config_model_id(model.config)
         if args is None:
@@ -82,6 +93,10 @@ class OnlinePreferenceTrainer:
         self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model_id)
         self.rewards, self.reward_weights = _reward_functions(reward_funcs, args.reward_weights)
         self.prompts = prompt_texts(train_dataset, self.tokenizer)
+        if eval_fn is None and eval_dataset is not None:
+            eval_rewards = _reward_functions(eval_reward_funcs, None)[0] if eval_reward_funcs else self.rewards
+            eval_fn = HeldoutSampling(self, prompt_texts(eval_dataset, self.tokenizer), eval_rewards)
+        self.eval_fn = eval_fn
         if isinstance(model, str):
             model = create_model_from_path(model, **(args.model_init_kwargs or {}))
         self.model = model.to(args.device)
@@ -94,19 +109,28 @@ class OnlinePreferenceTrainer:
             ref_model = self.initial
         self.ref_model = ref_model
         self.rounds: list[dict] = []
-        self.interrupted_by: int | None = None  # the signal that stopped the last `train()` inside a round
+        self.start_eval: dict | None = None  # the held-out evaluation before the first round
+        self.interrupted_by: int | None = None  # the signal that stopped the last `train()`
 
     def train(self) -> list[dict]:
         """Every round not yet complete in `output_dir` (the ones that are resume the run: their policy is loaded
-        and their metrics kept). SIGTERM/SIGINT while a round trains stop it with that round not saved
-        (`interrupted_by`); running again resumes at that round's start, exactly."""
+        and their metrics kept). SIGTERM/SIGINT stop the run at the end of the unit of work in progress (a sampling
+        call, an optimizer step; the held-out evaluation and the round's save finish), with every round not saved
+        whole left out (`interrupted_by`); running again resumes after the last saved round, exactly."""
         first = self._resume()
-        rounds = range(first, self.args.rounds)
-        for index in tqdm(rounds, desc="Rounds", unit="round", disable=self.args.disable_tqdm or not rounds):
-            metrics = self._round(index)
-            if metrics is None:
-                break
-            self.rounds.append(metrics)
+        with StopSignals() as self._stop:
+            if first == 0 and self.eval_fn is not None:
+                self.start_eval = self.eval_fn(self.model, -1)
+                write_json(Path(self.args.output_dir) / START_EVAL_FILE, self.start_eval)
+            rounds = range(first, self.args.rounds)
+            for index in tqdm(rounds, desc="Rounds", unit="round", disable=self.args.disable_tqdm or not rounds):
+                metrics = self._round(index) if self._stop.received is None else None
+                if metrics is not None:
+                    self.rounds.append(metrics)
+                if self.interrupted_by is None and self._stop.received is not None:
+                    self.interrupted_by = self._stop.received
+                if self.interrupted_by is not None:
+                    break
         return self.rounds
 
     def save_model(self, folder: str | Path) -> None:
@@ -122,6 +146,8 @@ class OnlinePreferenceTrainer:
         args, seed = self.args, self.args.seed + index
         ref_model = self._round_reference(index)
         samples = self._sample(self._round_prompts(index), seed)
+        if self._stop.received is not None:
+            return None
         rng = np.random.default_rng(seed)
         rows, tied = [], 0
         for group in samples.groups:
@@ -134,6 +160,8 @@ class OnlinePreferenceTrainer:
         metrics = {"round": index, **_sample_metrics(samples, self.tokenizer.eos_token_id)}
         metrics |= {"pairs": len(rows), "groups/tie_fraction": tied / len(samples.groups)}
         metrics["kl"] = self._kl_to_initial(samples)
+        if self._stop.received is not None:
+            return None
         started = time.perf_counter()
         if rows:
             trained = self._train_on(Dataset.from_list(rows), ref_model, seed)
@@ -143,6 +171,10 @@ class OnlinePreferenceTrainer:
         else:
             logger.warning("Round %d: every group tied, so no pairs: the policy is not trained this round.", index)
         metrics["time/training"] = round(time.perf_counter() - started, 2)
+        if self.eval_fn is not None:
+            started = time.perf_counter()
+            metrics |= {f"eval/{key}": value for key, value in self.eval_fn(self.model, index).items()}
+            metrics["time/evaluation"] = round(time.perf_counter() - started, 2)
         self._save_round(index, metrics)
         return metrics
 
@@ -165,6 +197,7 @@ class OnlinePreferenceTrainer:
                 self.args.sampling_batch_size,
                 seed,
                 progress=not self.args.disable_tqdm,
+                should_stop=lambda: self._stop.received is not None,
             )
 
     def _round_reference(self, index: int) -> torch.nn.Module | None:
@@ -268,6 +301,8 @@ class OnlinePreferenceTrainer:
                 f"{self.args.rounds}): give a new output_dir, or the output_dir of this run."
             )
         self.rounds = [json.loads((folder / f"round-{r}" / ROUND_FILE).read_text()) for r in done]
+        if (folder / START_EVAL_FILE).is_file():
+            self.start_eval = json.loads((folder / START_EVAL_FILE).read_text())
         self._load_policy(folder / f"round-{done[-1]}")
         logger.info("Resuming after round %d of %d from %s.", done[-1], self.args.rounds, folder)
         return done[-1] + 1
@@ -285,6 +320,28 @@ class OnlinePreferenceTrainer:
         if not is_peft_model(self.model):
             self.model = get_peft_model(self.model, self.peft_config)
         set_peft_model_state_dict(self.model, load_file(round_folder / "adapter_model.safetensors"))
+
+
+class HeldoutSampling:
+    """`trainer`'s built-in held-out evaluation: one completion of each of `prompts` sampled from its policy (seed 0
+    every call: rounds differ by the policy, not the draw), the mean of each of `rewards` and KL(π_θ ‖ π_0), each
+    with its standard error over the prompts (`<name>_se`)."""
+
+    def __init__(self, trainer: OnlinePreferenceTrainer, prompts: list[str], rewards: Mapping[str, Callable]):
+        self.trainer, self.prompts, self.rewards = trainer, prompts, rewards
+
+    def __call__(self, policy: torch.nn.Module, round_index: int) -> dict:
+        trainer = self.trainer
+        if trainer.lora and not is_peft_model(policy):  # a LoRA policy before its adapters: its own start
+            start = (policy, trainer._autocast)
+        else:
+            start = (policy, trainer._base_context) if trainer.lora else (trainer.initial, trainer._autocast)
+        batch_size = trainer.args.per_device_eval_batch_size
+        evaluator = HeldoutEvaluator((policy, trainer._autocast), start, trainer.tokenizer, batch_size)
+        report = evaluator.samples(self.prompts, self.rewards, trainer.args.generation, seed=0)
+        values = {**{f"reward/{name}": value for name, value in report.rewards.items()}, "kl": report.kl}
+        names = {**{name: f"reward/{name}" for name in report.rewards}, "kl": "kl"}
+        return values | {f"{names[key]}_se": error for key, error in report.standard_errors.items()}
 
 
 class StepBar(TrainerCallback):

@@ -1,7 +1,9 @@
-"""Stop on SIGTERM or SIGINT at the end of the current optimizer step, with a checkpoint to resume from."""
+"""Stop on SIGTERM or SIGINT at the end of the current optimizer step, with a checkpoint to resume from; or, outside
+a trainer, at the end of the current unit of work (`StopSignals`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -80,3 +82,31 @@ class CheckpointOnInterrupt(TrainerCallback):
         if self.received is None and received.max() > 0:
             self.received = int(received.max())
         return bool(received.max() > 0)
+
+
+class StopSignals(contextlib.AbstractContextManager):
+    """While in the block, SIGTERM and SIGINT are recorded in `received` (the first one's number) instead of
+    stopping the process, for the code inside to finish its unit of work and stop; a second SIGINT aborts at once
+    (`KeyboardInterrupt`). Outside the main thread, where Python delivers no signals, it installs nothing."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous_handlers: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handlers = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            logger.warning("%s received: finishing this unit of work, then stopping.", signal.Signals(signum).name)
+        elif signum == signal.SIGINT:
+            self.__exit__()
+            raise KeyboardInterrupt

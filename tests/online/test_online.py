@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -187,14 +188,41 @@ def online_command(checkpoint, data, output_dir, *extra):
 
 
 def test_the_online_command_learns_the_reward_and_writes_its_outputs(tmp_path):
+    """A prompt-only dataset (TRL's format for online trainers), and held-out prompts evaluated before the first
+    round and after each: the held-out reward rises with the samples' and the held-out KL to the start grows."""
     checkpoint = save_checkpoint(tmp_path / "tiny")
-    data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
-    main(online_command(checkpoint, data, tmp_path / "run", "--reward_funcs", "test_online:a_count"))
+    data = write_splits(tmp_path / "prompts", prompts(16), prompts(6))
+    extra = ["--reward_funcs", "test_online:a_count", "--eval_prompts", "6"]
+    main(online_command(checkpoint, data, tmp_path / "run", *extra))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     means = [entry["reward/mean"] for entry in metrics["rounds"]]
     assert len(means) == 4 and means[-1] > 1.5 * means[0], means
+    start, last = metrics["start_eval"], metrics["rounds"][-1]
+    assert start["kl"] == pytest.approx(0.0, abs=1e-5) and last["eval/kl"] > 0.05
+    assert last["eval/reward/a_count"] > start["reward/a_count"] + 0.5 and last["eval/reward/a_count_se"] > 0
     assert (tmp_path / "run" / "rounds.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "run" / "model.safetensors").is_file() and not list((tmp_path / "run").glob(".*"))
+
+
+def test_held_out_evaluation_scores_the_eval_rewards_against_the_start(tokenizer, tmp_path):
+    """`eval_reward_funcs` score the held-out samples (not the training reward); the same prompts and sampling
+    seed every time, so the start's evaluation is the initial policy's, reproducibly."""
+    a_length = lambda prompts, completions: [float(len(c)) for c in completions]  # noqa: E731
+    make = lambda folder: OnlinePreferenceTrainer(  # noqa: E731
+        model=make_model(len(tokenizer)),
+        reward_funcs=a_count,
+        args=online_args(tmp_path / folder, rounds=1),
+        train_dataset=prompts(),
+        eval_dataset=prompts(5),
+        processing_class=tokenizer,
+        eval_reward_funcs={"length": a_length},
+    )
+    first, second = make("first"), make("second")
+    rounds = first.train()
+    assert set(first.start_eval) == {"reward/length", "reward/length_se", "kl", "kl_se"}
+    assert {"eval/reward/length", "eval/kl", "time/evaluation"} <= set(rounds[0])
+    assert second.eval_fn(second.model, -1) == pytest.approx(first.start_eval)
+    assert json.loads((tmp_path / "first" / "start_eval.json").read_text()) == first.start_eval
 
 
 @pytest.mark.parametrize(
@@ -219,9 +247,11 @@ def test_the_online_recipe_parses():
     assert script_args.reward_funcs == ["gold_from_prompt"] and config.rounds >= 1 and model_args.use_peft
 
 
-def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL a `dpo-plugin online` process once its first round is saved (whatever it is doing then: a round
-    is published whole or not at all), run the same command again: the rounds equal an uninterrupted run's."""
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_stopped_at_any_moment_resumes_to_the_uninterrupted_result(stop, tmp_path):
+    """Signal a `dpo-plugin online` process once its first round is saved (whatever it is doing then: a round
+    is published whole or not at all), run the same command again: the rounds equal an uninterrupted run's. SIGTERM
+    stops it cleanly at the end of its unit of work: exit 143 and a line saying what is kept."""
     checkpoint = save_checkpoint(tmp_path / "tiny")
     data = write_splits(tmp_path / "pairs", make_pairs(16), make_pairs(4))
     reward = ["--reward_funcs", "test_online:a_count"]
@@ -235,11 +265,15 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path
     deadline = time.monotonic() + 300
     while not (killed / "round-0" / "round.json").is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.kill()
-    process.wait()
+    process.send_signal(stop)
+    code = process.wait(timeout=300)
     log.close()
-    assert (killed / "round-0" / "round.json").is_file(), (tmp_path / "killed.log").read_text()[-2000:]
-    assert not (killed / "metrics.json").is_file()  # killed before its end
+    output = (tmp_path / "killed.log").read_text()
+    assert (killed / "round-0" / "round.json").is_file(), output[-2000:]
+    assert not (killed / "metrics.json").is_file()  # stopped before its end
+    if stop == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM and "Traceback" not in output, output[-2000:]
+        assert "Stopped by SIGTERM: rounds 0-" in output and "resume at round" in output, output[-2000:]
     main(online_command(checkpoint, data, killed, *reward))
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["rounds"]
     resumed = json.loads((killed / "metrics.json").read_text())["rounds"]

@@ -61,7 +61,8 @@ def sampling(argv: list[str]) -> dict:
     library_progress_bars_off()
     model, tokenizer = load_policy(model_args, config.device)
     model = model.to(config.device).eval()
-    prompts = prompt_texts(recipe_prompts(script_args), tokenizer)[: bench_args.bench_prompts]
+    rows = recipe_prompts(script_args, script_args.dataset_train_split, bench_args.bench_prompts)
+    prompts = prompt_texts(rows, tokenizer)
     rows = [prompt for prompt in prompts for _ in range(config.samples_per_prompt)]
     batch = bench_args.bench_baseline_batch
     device_type = torch.device(config.device).type
