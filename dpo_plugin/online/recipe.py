@@ -73,8 +73,11 @@ def recipe_prompts(script_args: OnlineScriptArguments, split: str, count: int | 
     return first_rows(rows, count).select_columns(["prompt"])
 
 
-def build_online_trainer(script_args: OnlineScriptArguments, config: OnlinePreferenceConfig, model_args: ModelConfig):
-    """The recipe's prompts, policy (`load_policy`; LoRA adapters when `use_peft`), rewards and trainer."""
+def build_online_trainer(
+    script_args: OnlineScriptArguments, config: OnlinePreferenceConfig, model_args: ModelConfig, eval_fn=None
+):
+    """The recipe's prompts, policy (`load_policy`; LoRA adapters when `use_peft`), rewards and trainer; `eval_fn`
+    as `OnlinePreferenceTrainer` takes it."""
     from .trainer import OnlinePreferenceTrainer
 
     prompts = recipe_prompts(script_args, script_args.dataset_train_split, script_args.max_prompts)
@@ -92,4 +95,5 @@ def build_online_trainer(script_args: OnlineScriptArguments, config: OnlinePrefe
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         eval_reward_funcs=resolve(script_args.eval_reward_funcs) if script_args.eval_reward_funcs else None,
+        eval_fn=eval_fn,
     )

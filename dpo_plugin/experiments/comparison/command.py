@@ -1,15 +1,17 @@
 """`dpo-plugin compare --config recipes/compare_dpo_ppo.yaml`: the DPO paper's comparison, end to end.
 
 1. `sentiment-generation` pairs from the reference (built once, cached); 2. the Bradley–Terry reward model;
-3. DPO, IPO, TDPO2 and RM + PPO for each seed, then the β / KL-coefficient sweep; 4. the two claims; 5. the report
-(`report.py`). Each step says what it is doing; every run keeps its adapters and its `result.json` under
-`output_dir/runs/`.
+3. DPO, IPO, TDPO2, the online arms and RM + PPO for each seed, then the β / KL-coefficient sweep; 4. the claims;
+5. the report (`report.py`). Each step says what it is doing; every run keeps its adapters and its `result.json`
+(with the settings it depends on) under `output_dir/runs/`, the reward model its `reward_model.json`. Run again, the
+command reuses each finished run and the reward model whose settings match, and refuses one whose settings differ.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import json
 import logging
 import textwrap
 import time
@@ -29,9 +31,20 @@ from ...tasks.sentiment.gold import GoldSentimentReward
 from ...utils.atomic import write_json
 from ...utils.config_files import parse_config
 from ...utils.devices import default_device, device_name
-from .claims import dpo_versus_ipo, tdpo_versus_dpo
+from ...utils.errors import ConfigError
+from .claims import dpo_versus_ipo, online_versus_offline, tdpo_versus_dpo
 from .report import markdown, write_report
-from .runs import CompareConfig, ComparisonEvaluation, RunResult, heldout_text, train_ppo, train_preference
+from .runs import (
+    CompareConfig,
+    ComparisonEvaluation,
+    RunResult,
+    heldout_text,
+    train_online,
+    train_ppo,
+    train_preference,
+)
+
+RESULT_FILE = "result.json"
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -49,14 +62,8 @@ def compare(argv: list[str]) -> dict:
     reference.requires_grad_(False)
     train_pairs, test_pairs = (load_preference_dataset(data, split) for split in ("train", "test"))
 
-    logger.info("Training the reward model on %d pairs (%s).", len(train_pairs), config.reward_model_recipe)
-    _, rm_config = parse_config(
-        (RewardModelConfig,),
-        ["--config", config.reward_model_recipe, "--output_dir", str(output_dir / "reward_model")],
-        "dpo-plugin compare (reward model)",
-    )
-    rm = train_reward_model(reference_path, train_pairs, test_pairs, rm_config)
-    reward_fn = RewardModelReward.from_pretrained(str(rm.path), config.batch_size)
+    rm = reward_model_of(config, reference_path, train_pairs, test_pairs)
+    reward_fn = RewardModelReward.from_pretrained(rm["path"], config.batch_size)
     gold = GoldSentimentReward("positive", tokenizer, with_prompt=True)
     pairs, prompts = heldout_text(data, tokenizer, max(config.eval_pairs, config.eval_prompts))
     rewards = {"reward_model": reward_fn, "gold_sentiment": gold}
@@ -65,25 +72,46 @@ def compare(argv: list[str]) -> dict:
     )
     reference_samples = evaluator.samples(reference, config.eval_prompts)
 
-    main_plan = [(method, seed) for seed in config.seeds for method in [*config.objectives, "ppo"]]
+    methods = [*config.objectives, *(f"online-{arm}" for arm in config.online), *["ppo"] * config.ppo]
+    main_plan = [(method, seed) for seed in config.seeds for method in methods]
     plan = [(m, config.kl_coef if m == "ppo" else config.beta, s) for m, s in main_plan]
     plan += [("dpo", beta, config.seeds[0]) for beta in config.beta_sweep]
     plan += [("ppo", kl_coef, config.seeds[0]) for kl_coef in config.kl_coef_sweep]
+    rankers = {"gold": "gold_positive", "reward_model": rm["path"]}  # gold_positive labelled the offline pairs
     results: list[RunResult] = []
     for index, (method, strength, seed) in enumerate(plan, 1):
         knob = "KL coefficient" if method == "ppo" else "β"
-        logger.info("[%d/%d] %s, %s = %g, seed %d", index, len(plan), method.upper(), knob, strength, seed)
-        run_dir = output_dir / "runs" / f"{method}-{strength:g}-seed{seed}"
-        if method == "ppo":
-            prompt_rows = train_pairs.select_columns(["prompt"])
-            result = train_ppo(config, evaluator, prompt_rows, reward_fn, strength, seed, run_dir)
-        else:
-            result = train_preference(config, evaluator, data, method, strength, seed, run_dir)
-        write_json(run_dir / "result.json", result.to_dict())  # kept even if a later run fails
+        run_dir = output_dir / "runs" / f"{method.replace('/', '-')}-{strength:g}-seed{seed}"
+        settings = run_settings(config, method)
+        result = finished_run(run_dir, settings)
+        verb = "reusing the finished run in" if result else "training into"
+        logger.info(
+            "[%d/%d] %s, %s = %g, seed %d: %s %s",
+            index,
+            len(plan),
+            method,
+            knob,
+            strength,
+            seed,
+            verb,
+            run_dir,
+        )
+        if result is None:
+            if method == "ppo":
+                prompt_rows = train_pairs.select_columns(["prompt"])
+                result = train_ppo(config, evaluator, prompt_rows, reward_fn, strength, seed, run_dir)
+            elif method.startswith("online-"):
+                arm = method.removeprefix("online-")
+                result = train_online(config, evaluator, data, arm, rankers, seed, run_dir)
+            else:
+                result = train_preference(config, evaluator, data, method, strength, seed, run_dir)
+            write_json(run_dir / RESULT_FILE, result.to_dict() | {"settings": settings})  # kept if a later run fails
         results.append(result)
     runs, sweep = results[: len(main_plan)], results[len(main_plan) :]
 
     claims = {"tdpo_vs_dpo": tdpo_versus_dpo(runs)}
+    if config.online:
+        claims["online_vs_offline"] = online_versus_offline(runs)
     if config.claims:
         logger.info("Checking the DPO-vs-IPO claim on sentiment-pairs.")
         claims = {"dpo_vs_ipo": dpo_versus_ipo(config, reference, tokenizer, output_dir / "claims"), **claims}
@@ -99,7 +127,7 @@ def compare(argv: list[str]) -> dict:
             "data": data,
             "config": vars(config),
         },
-        "reward_model": {"accuracy": vars(rm.accuracy), "train_seconds": rm.train_seconds, "path": str(rm.path)},
+        "reward_model": {key: rm[key] for key in ("accuracy", "train_seconds", "path")},
         "reference": {"rewards": reference_samples.rewards, "examples": reference_samples.examples},
         "runs": [run.to_dict() for run in runs],
         "sweep": [run.to_dict() for run in sweep],
@@ -110,6 +138,57 @@ def compare(argv: list[str]) -> dict:
     print(markdown(report))
     print("Wrote " + ", ".join(str(path) for path in paths))
     return report
+
+
+def run_settings(config: CompareConfig, method: str) -> dict:
+    """What one run's result depends on: the data and evaluation keys, and the text of the recipes it trains with."""
+    recipe = config.preference_recipe
+    if method == "ppo":
+        recipe = config.ppo_recipe
+    elif method.startswith("online-"):
+        recipe = config.online_recipe
+    keys = ("model_name_or_path", "train_prompts", "test_prompts", "samples_per_prompt", "max_new_tokens")
+    keys += ("eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts", "probes", "batch_size")
+    recipes = {"recipe": Path(recipe).read_text(), "reward_model_recipe": Path(config.reward_model_recipe).read_text()}
+    return {key: getattr(config, key) for key in keys} | recipes
+
+
+def finished_run(run_dir: Path, settings: dict) -> RunResult | None:
+    """The run finished in `run_dir` with these settings; None when there is none; a `ConfigError` when its result
+    was made with other settings (rerunning would silently replace it)."""
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    differing = sorted(key for key in settings if stored.get("settings", {}).get(key) != settings[key])
+    if differing:
+        raise ConfigError(
+            f"{path} was made with other settings ({', '.join(differing)}): give a new output_dir, or delete "
+            f"{run_dir} to train that run again."
+        )
+    return RunResult.from_dict({key: value for key, value in stored.items() if key != "settings"})
+
+
+def reward_model_of(config: CompareConfig, reference_path: str, train_pairs, test_pairs) -> dict:
+    """The Bradley–Terry reward model (`reward_model_recipe`, into output_dir/reward_model): its path, held-out
+    accuracy and train time; reused when `reward_model.json` says it was trained with the same settings."""
+    summary_path = Path(config.output_dir) / "reward_model.json"
+    settings = {"data": vars(config.data_settings), "recipe": Path(config.reward_model_recipe).read_text()}
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("settings") == settings and Path(summary["path"]).is_dir():
+            logger.info("Reusing the reward model in %s.", summary["path"])
+            return summary
+    logger.info("Training the reward model on %d pairs (%s).", len(train_pairs), config.reward_model_recipe)
+    _, rm_config = parse_config(
+        (RewardModelConfig,),
+        ["--config", config.reward_model_recipe, "--output_dir", str(Path(config.output_dir) / "reward_model")],
+        "dpo-plugin compare (reward model)",
+    )
+    rm = train_reward_model(reference_path, train_pairs, test_pairs, rm_config)
+    summary = {"path": str(rm.path), "accuracy": vars(rm.accuracy), "train_seconds": rm.train_seconds}
+    write_json(summary_path, summary | {"settings": settings})
+    return summary | {"settings": settings}
 
 
 def code_lines(*objects) -> int:

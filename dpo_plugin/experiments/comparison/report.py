@@ -13,12 +13,34 @@ from statistics import mean
 import matplotlib
 
 from ...utils.atomic import atomic_file, write_json
+from .claims import probe_frontier, seed_mean
 
+Z95 = 1.959964  # the 95% quantile of the standard normal, for intervals of a mean
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLOURS = {"dpo": "tab:blue", "ipo": "tab:orange", "tdpo1": "tab:purple", "tdpo2": "tab:green", "ppo": "tab:red"}
-LABELS = {"dpo": "DPO", "ipo": "IPO", "tdpo1": "TDPO1", "tdpo2": "TDPO2", "ppo": "RM + PPO", "reference": "reference"}
+OBJECTIVE_LABELS = {"dpo": "DPO", "ipo": "IPO", "tdpo1": "TDPO1", "tdpo2": "TDPO2"}
+LABELS = OBJECTIVE_LABELS | {"ppo": "RM + PPO", "reference": "reference"}
+# online arms, "online-<objective>/<ranker>": the ranker's name in labels, a colour per arm in listed order
+RANKER_LABELS = {"gold": "gold labeller", "reward_model": "reward model"}
+ONLINE_COLOURS = ("tab:cyan", "tab:olive", "tab:pink", "tab:brown", "tab:grey", "navy")
+
+
+def label(method: str) -> str:
+    """What the report calls a method: `LABELS`, or "online DPO (gold labeller)" for the arm online-dpo/gold."""
+    if method.startswith("online-"):
+        objective, _, ranker = method.removeprefix("online-").partition("/")
+        return f"online {OBJECTIVE_LABELS[objective]} ({RANKER_LABELS[ranker]})"
+    return LABELS[method]
+
+
+def colour(method: str, methods: list[str]) -> str:
+    """`COLOURS`, or for an online arm one of `ONLINE_COLOURS` by its place among the online arms of `methods`."""
+    if method.startswith("online-"):
+        arms = [name for name in dict.fromkeys(methods) if name.startswith("online-")]
+        return ONLINE_COLOURS[arms.index(method) % len(ONLINE_COLOURS)]
+    return COLOURS[method]
 
 
 def write_report(output_dir: Path, report: dict) -> list[Path]:
@@ -33,6 +55,7 @@ def write_report(output_dir: Path, report: dict) -> list[Path]:
         [run for run in report["runs"] if run["seed"] == first_seed] + report["sweep"], report["reference"]
     )
     paths.append(_save(frontier, output_dir / "frontier.png"))
+    paths.append(_save(plot_frontier_over_training(report["runs"]), output_dir / "frontier_over_training.png"))
     if report.get("claims", {}).get("dpo_vs_ipo", {}).get("runs"):
         claim = report["claims"]["dpo_vs_ipo"]
         paths.append(_save(plot_dpo_versus_ipo(claim), output_dir / "dpo_vs_ipo.png"))
@@ -60,6 +83,10 @@ def summarize(runs: list[dict]) -> list[dict]:
         row = {"method": method, "seeds": len(group), "strength": group[0]["strength"], "steps": group[0]["steps"]}
         row.update({name: mean(series) for name, series in values.items()})
         row.update({f"{name}_spread": max(series) - min(series) for name, series in values.items()})
+        for name, key in (("gold", "gold_sentiment"), ("kl", "kl")):
+            errors = [run["samples"].get("standard_errors", {}).get(key, 0.0) for run in group]
+            _, error = seed_mean(values[name], errors)
+            row[f"{name}_interval"] = [row[name] - Z95 * error, row[name] + Z95 * error]
         low, high = group[0]["accuracy"]["low"], group[0]["accuracy"]["high"]
         row["accuracy_interval"] = [low, high] if len(group) == 1 else None
         rows.append(row)
@@ -69,8 +96,9 @@ def summarize(runs: list[dict]) -> list[dict]:
 def markdown(report: dict) -> str:
     """The comparison as Markdown: setup, main table, frontier runs, claims, implementation complexity."""
     setup = report["setup"]
+    methods = [label(method) for method in dict.fromkeys(run["method"] for run in report["runs"])]
     lines = [
-        "# DPO, IPO, TDPO2 and RM + PPO on the same preference pairs",
+        f"# {' and '.join([', '.join(methods[:-1]), methods[-1]] if len(methods) > 1 else methods)}: the same labels",
         "",
         f"Device: {setup['device']}. Total wall time {setup['total_seconds'] / 60:.1f} min. Command: "
         f"`{setup['command']}`.",
@@ -86,10 +114,13 @@ def markdown(report: dict) -> str:
         f"Preference accuracy: the policy's implicit reward log π_θ/π_ref ranks {setup['eval_pairs']} held-out pairs. "
         f"RM score, gold reward (P(positive) of prompt + completion) and KL(π_θ ‖ π_ref) (nats, Σ over the sampled "
         f"tokens) are means over one sampled completion for each of {setup['eval_prompts']} held-out prompts. "
-        "± is the spread (max − min) across seeds; with one seed, [ ] is the 95% Wilson interval.",
+        "± is the spread (max − min) across seeds; with one seed, the accuracy's [ ] is its 95% Wilson interval. "
+        "Gold reward and KL carry a 95% interval: 1.96·√(s²/S + mean SE²/S), from the spread between the S seeds and "
+        "each run's standard error over its prompts.",
         "",
-        "Steps are optimizer steps for the preference objectives and PPO updates (one rollout each) for RM + PPO, "
-        "whose train time leaves out the reward model's (above).",
+        "Steps are optimizer steps for the preference objectives (online arms: over all rounds, whose train time "
+        "holds their sampling and ranking too) and PPO updates (one rollout each) for RM + PPO, whose train time "
+        "leaves out the reward model's (above).",
         "",
         "| method | β / KL coef. | seeds | steps | preference acc. | RM score | gold reward | KL | train time |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -106,7 +137,7 @@ def markdown(report: dict) -> str:
         lines += ["| method | β / KL coef. | gold reward | KL | preference acc. |", "|---|---|---|---|---|"]
         for run in sorted(report["sweep"], key=lambda run: (run["method"], run["strength"])):
             lines.append(
-                f"| {LABELS[run['method']]} | {run['strength']:g} | {run['samples']['rewards']['gold_sentiment']:.3f} |"
+                f"| {label(run['method'])} | {run['strength']:g} | {run['samples']['rewards']['gold_sentiment']:.3f} |"
                 f" {run['samples']['kl']:.2f} | {100 * run['accuracy']['value']:.1f}% |"
             )
     lines += ["", "## Claims from the papers", ""]
@@ -127,10 +158,22 @@ def markdown(report: dict) -> str:
                     f"{values['kl_end']:.2f} | {values['gold_end']:.3f} |"
                 )
             lines.append("")
+        if "arms" in claim:
+            lines.append("| online arm (final round) | KL | gold reward | offline DPO's gold at that KL | difference |")
+            lines.append("|---|---|---|---|---|")
+            for arm, row in claim["arms"].items():
+                gold = f"{row['gold']:.3f} ± {Z95 * row['gold_se']:.3f}"
+                offline, difference = "–", row["verdict"]
+                if "difference" in row:
+                    low, high = row["interval"]
+                    offline = f"{row['offline_gold']:.3f}"
+                    difference = f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}]: {row['verdict']}"
+                lines.append(f"| {label(arm)} | {row['kl']:.2f} | {gold} | {offline} | {difference} |")
+            lines.append("")
         if "stats" in claim:
             for method, values in claim["stats"].items():
                 lines.append(
-                    f"- {LABELS[method]}: KL {values['kl']:.2f}, gold {values['gold']:.3f} ({values['seeds']} seed(s))"
+                    f"- {label(method)}: KL {values['kl']:.2f}, gold {values['gold']:.3f} ({values['seeds']} seed(s))"
                 )
             lines.append("")
     lines += [
@@ -141,7 +184,8 @@ def markdown(report: dict) -> str:
     ]
     for row in report["complexity"]:
         lines.append(f"| {row['method']} | {row['lines']} ({row['counted']}) | {row['models']} | {row['generation']} |")
-    lines += ["", "Plots: `accuracy_over_training.png`, `frontier.png`, `dpo_vs_ipo.png`.", ""]
+    plots = ("accuracy_over_training", "frontier", "frontier_over_training", "dpo_vs_ipo")
+    lines += ["", "Plots: " + ", ".join(f"`{plot}.png`" for plot in plots) + ".", ""]
     return "\n".join(lines)
 
 
@@ -150,14 +194,19 @@ def _table_row(row: dict) -> str:
         value = format(row[name], fmt)
         return value if row["seeds"] == 1 else f"{value} ± {format(row[name + '_spread'], fmt)}"
 
+    def interval(name: str, fmt: str) -> str:
+        low, high = row[f"{name}_interval"]
+        return f"{format(row[name], fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
+
     if row["seeds"] == 1 and row["accuracy_interval"]:
         low, high = row["accuracy_interval"]
         accuracy = f"{100 * row['accuracy']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
     else:
         accuracy = f"{100 * row['accuracy']:.1f}% ± {100 * row['accuracy_spread']:.1f}"
     return (
-        f"| {LABELS[row['method']]} | {row['strength']:g} | {row['seeds']} | {row['steps']} | {accuracy} | "
-        f"{cell('reward_model', '.3f')} | {cell('gold', '.3f')} | {cell('kl', '.2f')} | {row['seconds']:.0f} s |"
+        f"| {label(row['method'])} | {row['strength']:g} | {row['seeds']} | {row['steps']} | {accuracy} | "
+        f"{cell('reward_model', '.3f')} | {interval('gold', '.3f')} | {interval('kl', '.2f')} | "
+        f"{row['seconds']:.0f} s |"
     )
 
 
@@ -168,15 +217,13 @@ def _percent(accuracy: dict) -> str:
 def plot_accuracy_over_training(runs: list[dict]):
     """Held-out preference accuracy at each probe, x = fraction of the run's steps; one line per run."""
     figure, axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    labelled = set()
-    for run in runs:
-        points = [(probe["step"] / max(1, run["steps"]), probe["accuracy"]) for probe in run["probes"]]
-        if not points:
-            continue
-        x, y = zip(*points, strict=True)
-        label = None if run["method"] in labelled else LABELS[run["method"]]
+    labelled, methods = set(), [run["method"] for run in runs]
+    for run in (run for run in runs if run["probes"]):
+        last = max(1, run["probes"][-1]["step"])  # optimizer steps, PPO updates, or an online arm's rounds
+        x, y = zip(*[(probe["step"] / last, probe["accuracy"]) for probe in run["probes"]], strict=True)
+        name = None if run["method"] in labelled else label(run["method"])
         labelled.add(run["method"])
-        axis.plot(x, y, marker="o", color=COLOURS[run["method"]], label=label, alpha=0.8)
+        axis.plot(x, y, marker="o", color=colour(run["method"], methods), label=name, alpha=0.8)
     axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("fraction of training")
     axis.set_ylabel("held-out preference accuracy (implicit reward)")
@@ -190,18 +237,46 @@ def plot_frontier(runs: list[dict], reference: dict):
     """Gold reward against sampled KL(π_θ ‖ π_ref) for every run, the reference at KL 0."""
     figure, axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
     axis.scatter([0.0], [reference["rewards"]["gold_sentiment"]], color="black", marker="x", label="reference")
-    for method in dict.fromkeys(run["method"] for run in runs):
+    runs_by = dict.fromkeys(run["method"] for run in runs)
+    for method in runs_by:
         group = sorted((run for run in runs if run["method"] == method), key=lambda run: run["samples"]["kl"])
         x = [run["samples"]["kl"] for run in group]
         y = [run["samples"]["rewards"]["gold_sentiment"] for run in group]
-        style = {"marker": "o", "linestyle": "--" if len(group) > 1 else "", "color": COLOURS[method]}
-        axis.plot(x, y, label=LABELS[method], **style)
+        style = {"marker": "o", "linestyle": "--" if len(group) > 1 else "", "color": colour(method, list(runs_by))}
+        axis.plot(x, y, label=label(method), **style)
         for run, kl, gold in zip(group, x, y, strict=True):
             axis.annotate(f"{run['strength']:g}", (kl, gold), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axis.set_xlabel("KL(π_θ ‖ π_ref), nats per completion (sampled)")
     axis.set_ylabel("gold reward (P(positive))")
     axis.set_title("Reward against KL (labels: β or KL coefficient)")
     axis.legend(loc="best")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_frontier_over_training(runs: list[dict]):
+    """Gold reward against sampled KL at each probe of each method, the mean over its seeds with 95% intervals
+    (`claims.probe_frontier`): offline runs by optimizer step, online arms by round, the reference at the start."""
+    figure, axis = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    methods = [run["method"] for run in runs]
+    for method in dict.fromkeys(methods):
+        group = [run["probes"] for run in runs if run["method"] == method]
+        points = probe_frontier(group)
+        x, y = [point["kl"] for point in points], [point["gold"] for point in points]
+        axis.errorbar(
+            x,
+            y,
+            xerr=[Z95 * point["kl_se"] for point in points],
+            yerr=[Z95 * point["gold_se"] for point in points],
+            marker="o",
+            capsize=2,
+            color=colour(method, methods),
+            label=f"{label(method)} ({len(group)} seed{'s' * (len(group) > 1)})",
+        )
+    axis.set_xlabel("KL(π_θ ‖ π_ref), nats per completion (sampled)")
+    axis.set_ylabel("gold reward (P(positive))")
+    axis.set_title("Reward against KL over training (online: after each round)")
+    axis.legend(loc="best", fontsize=8)
     axis.grid(alpha=0.3)
     return figure
 

@@ -4,8 +4,10 @@ held-out evaluation every run goes through.
 Every method starts from the same reference checkpoint and trains LoRA adapters on the same `sentiment-generation`
 pairs (completions the reference sampled for real review prefixes, ranked by the gold sentiment classifier): DPO, IPO
 and TDPO2 with `PreferenceTrainer`; RLHF as a Bradley–Terry reward model (TRL's `RewardTrainer`) then PPO with a KL
-penalty (`rlhf/`). Each is evaluated through the gymnasium environments on held-out prompts and pairs: preference
-accuracy by implicit reward, reward-model score and gold reward of sampled completions, KL(π_θ ‖ π_ref), wall time.
+penalty (`rlhf/`); and, where the recipe lists `online` arms, on-policy DPO/IPO/TDPO (`OnlinePreferenceTrainer`)
+whose pairs are the policy's own samples ranked by the gold labeller or the reward model. Each is evaluated through
+the gymnasium environments on held-out prompts and pairs: preference accuracy by implicit reward, reward-model score
+and gold reward of sampled completions, KL(π_θ ‖ π_ref), wall time.
 """
 
 from __future__ import annotations
@@ -27,16 +29,24 @@ from ...evaluation.evaluator import HeldoutEvaluator
 from ...evaluation.heldout import Accuracy, SampleReport
 from ...evaluation.scoring import as_text
 from ...objectives.losses import OBJECTIVES
+from ...online.recipe import build_online_trainer, parse_online_recipe
 from ...rlhf.recipe import build_ppo_trainer, parse_ppo_recipe
 from ...tasks.sentiment.generation import SentimentGenerationSettings
 from ...training.recipe import build_trainer, parse_recipe
 from ...utils.errors import ConfigError
-from ...utils.validation import check, each, integer_at_least, number_above, required
+from ...utils.validation import Rule, check, each, integer_at_least, number_above, required
 
 logger = logging.getLogger("dpo_plugin")
 
 
 STRENGTH = number_above(0.0, "(β, or PPO's KL coefficient)")
+# An online arm is "objective/ranker"; the ranker labels the policy's samples: the gold classifier that labelled the
+# offline pairs (the same labeller), or the reward model trained on them
+RANKERS = ("gold", "reward_model")
+ONLINE_ARM = Rule(
+    lambda arm: isinstance(arm, str) and arm.partition("/")[0] in OBJECTIVES and arm.partition("/")[2] in RANKERS,
+    f"be objective/ranker (objective: {', '.join(OBJECTIVES)}; ranker: {', '.join(RANKERS)})",
+)
 COUNTS = ("train_prompts", "test_prompts", "eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts", "probes")
 COMPARE_RULES = {
     **{name: integer_at_least(1) for name in COUNTS},
@@ -49,6 +59,7 @@ COMPARE_RULES = {
     "kl_coef_sweep": each(STRENGTH, empty_ok=True),
     "claim_pairs": integer_at_least(1),
     "claim_epochs": number_above(0.0),
+    "online": each(ONLINE_ARM, empty_ok=True),
 }
 
 
@@ -107,6 +118,18 @@ class CompareConfig:
     )
     claim_pairs: int = field(default=256, metadata={"help": "sentiment-pairs training pairs for the claim runs."})
     claim_epochs: float = field(default=2.0, metadata={"help": "Epochs of the claim runs."})
+    ppo: bool = field(default=True, metadata={"help": "Train RM + PPO for each seed (and the kl_coef_sweep)."})
+    online: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "On-policy arms for each seed, `objective/ranker` (ranker: gold, the labeller of the offline "
+            "pairs, or reward_model, the Bradley–Terry model trained on them), e.g. dpo/gold; each runs online_recipe."
+        },
+    )
+    online_recipe: str = field(
+        default="recipes/compare/online.yaml",
+        metadata={"help": "The `dpo-plugin online` recipe of the online arms (loss_type, beta, rewards are set here)."},
+    )
 
     def __post_init__(self):
         required(self, "seeds", "objectives", hint="see recipes/compare_dpo_ppo.yaml")
@@ -114,9 +137,20 @@ class CompareConfig:
         unknown = sorted(set(self.objectives) - set(OBJECTIVES))
         if unknown:
             raise ConfigError(f"objectives {unknown} are not known. Valid values: {', '.join(OBJECTIVES)}.")
-        for name in ("preference_recipe", "reward_model_recipe", "ppo_recipe"):
+        if self.kl_coef_sweep and not self.ppo:
+            raise ConfigError("kl_coef_sweep sweeps PPO: set ppo: true, or leave kl_coef_sweep empty.")
+        for name in self.recipes_used:
             if not Path(getattr(self, name)).is_file():
                 raise ConfigError(f"{name}: {getattr(self, name)} is not a file (paths are relative to where you run).")
+
+    @property
+    def recipes_used(self) -> list[str]:
+        """The recipe keys this comparison reads."""
+        return (
+            ["preference_recipe", "reward_model_recipe"]
+            + ["ppo_recipe"] * self.ppo
+            + ["online_recipe"] * bool(self.online)
+        )
 
     @property
     def data_settings(self) -> SentimentGenerationSettings:
@@ -146,6 +180,11 @@ class RunResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> RunResult:
+        accuracy, samples = Accuracy(**values["accuracy"]), SampleReport(**values["samples"])
+        return cls(**(values | {"accuracy": accuracy, "samples": samples}))
+
 
 class ComparisonEvaluation:
     """Every method's policy against one shared reference on the same held-out data (`HeldoutEvaluator`).
@@ -155,15 +194,21 @@ class ComparisonEvaluation:
     prompts with the reward components, and the sampled KL(π_θ ‖ π_ref), always with sampling seed 0 (common random
     numbers: the methods differ by their policies, not by the draw). The reference's scores are memoized across
     policies, so each held-out completion is scored by the reference once. Everything runs in float32.
+
+    `probe(policy, step)`: a point of the training curves. Every run starts from the reference (LoRA adapters start
+    at zero), so the step-0 point is the reference's, computed once; `last_samples` keeps the latest probe's samples,
+    which are a run's final samples when it probed its last step on `eval_prompts` prompts.
     """
 
     def __init__(self, reference, tokenizer, pairs, prompts, rewards, config: CompareConfig):
-        self.pairs, self.prompts, self.rewards = pairs, prompts, rewards
+        self.reference, self.pairs, self.prompts, self.rewards = reference, pairs, prompts, rewards
         self.generation = {"max_new_tokens": config.max_new_tokens}
         self.evaluator = HeldoutEvaluator(
             (reference, contextlib.nullcontext), (reference, contextlib.nullcontext), tokenizer, config.batch_size
         )
         self.probe_seconds = 0.0  # time spent in `probe`, so training times can leave it out
+        self.last_samples: SampleReport | None = None
+        self._start: dict | None = None
 
     def accuracy(self, policy, pairs: int | None = None) -> Accuracy:
         return self._of(policy).accuracy(first_rows(self.pairs, pairs))
@@ -172,14 +217,28 @@ class ComparisonEvaluation:
         return self._of(policy).samples(self.prompts[:n], self.rewards, self.generation)
 
     def probe(self, policy, step: int, config: CompareConfig) -> dict:
-        """A point of the during-training curves: accuracy on `probe_pairs`, gold reward and KL of `probe_prompts`
-        samples."""
+        """A point of the during-training curves: accuracy on `probe_pairs`, each reward and the KL of
+        `probe_prompts` samples, with their standard errors over the prompts (`<name>_se`)."""
+        if step == 0 and self._start is not None:
+            return self._start
         started = time.perf_counter()
-        samples = self.samples(policy, config.probe_prompts)
-        accuracy = self.accuracy(policy, config.probe_pairs).value
+        model = self.reference if step == 0 else policy
+        samples = self.samples(model, config.probe_prompts)
+        accuracy = self.accuracy(model, config.probe_pairs).value
         point = {"step": step, "accuracy": accuracy, "kl": samples.kl, **samples.rewards}
+        point |= {f"{name}_se": error for name, error in samples.standard_errors.items()}
         self.probe_seconds += time.perf_counter() - started
+        self.last_samples = samples
+        if step == 0:
+            self._start = point
         return point
+
+    def final_samples(self, policy, config: CompareConfig, probed_last_step: bool) -> SampleReport:
+        """The trained policy's samples of `eval_prompts` prompts: the last probe's where it was of this policy at
+        its last step on as many prompts (the same draw), else sampled now."""
+        if probed_last_step and config.probe_prompts == config.eval_prompts and self.last_samples is not None:
+            return self.last_samples
+        return self.samples(policy, config.eval_prompts)
 
     def _of(self, policy) -> HeldoutEvaluator:
         return self.evaluator.with_policy((policy, contextlib.nullcontext))
@@ -226,10 +285,7 @@ def train_preference(
     trainer.add_callback(probe)
     started, probing = time.perf_counter(), evaluator.probe_seconds
     trainer.train()
-    if trainer.interrupted_by is not None:  # SIGTERM/SIGINT: the trainer saved a checkpoint; stop the comparison too
-        name = signal.Signals(trainer.interrupted_by).name
-        logger.warning("%s: comparison stopped during %s (seed %d); no report was written.", name, objective, seed)
-        sys.exit(128 + trainer.interrupted_by)
+    _stop_if_interrupted(trainer.interrupted_by, objective, seed)
     seconds = time.perf_counter() - started - (evaluator.probe_seconds - probing)
     trainer.save_model(str(output_dir))
     policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -240,7 +296,7 @@ def train_preference(
         steps=trainer.state.global_step,
         train_seconds=round(seconds, 1),  # without the probes' time
         accuracy=evaluator.accuracy(policy),
-        samples=evaluator.samples(policy, config.eval_prompts),
+        samples=evaluator.final_samples(policy, config, probed_last_step=True),
         probes=probe.probes,
         curves=_curves(trainer.state.log_history, ("loss", "rewards/margins", "rewards/accuracies", "kl/chosen")),
     )
@@ -278,10 +334,69 @@ def train_ppo(
         steps=ppo_config.steps,
         train_seconds=round(seconds, 1),  # without the probes' time
         accuracy=evaluator.accuracy(trainer.policy),
-        samples=evaluator.samples(trainer.policy, config.eval_prompts),
+        samples=evaluator.final_samples(trainer.policy, config, probed_last_step=True),
         probes=probes,
         curves=_curves(trainer.log_history, ("score/mean", "kl/mean", "loss/policy", "loss/value")),
     )
+
+
+def train_online(
+    config: CompareConfig,
+    evaluator: ComparisonEvaluation,
+    dataset: str,
+    arm: str,
+    rankers: dict[str, str],
+    seed: int,
+    output_dir: Path,
+) -> RunResult:
+    """One online arm, `objective/ranker`: `online_recipe`'s rounds from the reference on `dataset`'s training
+    prompts, the policy's samples ranked by `rankers[ranker]` (a `reward_funcs` string), probed after each round
+    (step = rounds done). A run stopped part-way resumes after its last complete round."""
+    objective, _, ranker = arm.partition("/")
+    set_all_seeds(seed)
+    overrides = ["--dataset_name", dataset, "--reward_funcs", rankers[ranker], "--loss_type", objective]
+    overrides += ["--beta", str(config.beta), "--seed", str(seed), "--output_dir", str(output_dir)]
+    overrides += ["--model_name_or_path", config.model_name_or_path, "--eval_prompts", "0"]
+    script_args, online_config, model_args = parse_online_recipe(
+        ["--config", config.online_recipe, *overrides], "dpo-plugin compare (online)"
+    )
+    rounds_run: list[int] = []
+
+    def probe(policy, round_index: int) -> dict:
+        rounds_run.append(round_index)
+        return evaluator.probe(policy, round_index + 1, config)
+
+    trainer = build_online_trainer(script_args, online_config, model_args, eval_fn=probe)
+    started, probing = time.perf_counter(), evaluator.probe_seconds
+    trainer.train()
+    _stop_if_interrupted(trainer.interrupted_by, f"online {arm}", seed)
+    seconds = time.perf_counter() - started - (evaluator.probe_seconds - probing)
+    probes = [evaluator.probe(trainer.model, 0, config)]
+    for metrics in trainer.rounds:  # each round's probe, kept in its metrics (resumed rounds' too)
+        probes.append({key.removeprefix("eval/"): value for key, value in metrics.items() if key.startswith("eval/")})
+    curves = {
+        key: [[r["round"] + 1, r[key]] for r in trainer.rounds if key in r]
+        for key in ("reward/mean", "kl", "rewards/margins", "groups/tie_fraction", "pairs")
+    }
+    return RunResult(
+        method=f"online-{arm}",
+        seed=seed,
+        strength=config.beta,
+        steps=sum(r.get("steps", 0) for r in trainer.rounds),
+        train_seconds=round(seconds, 1),  # sampling, ranking and training, without the probes' time
+        accuracy=evaluator.accuracy(trainer.model),
+        samples=evaluator.final_samples(trainer.model, config, probed_last_step=online_config.rounds - 1 in rounds_run),
+        probes=probes,
+        curves=curves,
+    )
+
+
+def _stop_if_interrupted(signal_number: int | None, what: str, seed: int) -> None:
+    """After SIGTERM/SIGINT stopped a run (its trainer saved what it had), stop the comparison too."""
+    if signal_number is not None:
+        name = signal.Signals(signal_number).name
+        logger.warning("%s: comparison stopped during %s (seed %d); no report was written.", name, what, seed)
+        sys.exit(128 + signal_number)
 
 
 def _curves(log_history: list[dict], keys: tuple[str, ...]) -> dict[str, list[list[float]]]:
