@@ -1,5 +1,5 @@
-"""The `dpo-plugin` console script: `train`, `online`, `eval`, `ppo`, `compare`, `bench` (each `--config recipe.yaml
-[--key value ...]`), `assets`.
+"""The `dpo-plugin` console script: `train`, `online`, `eval`, `ppo`, `compare`, `sweep`, `bench` (each `--config
+recipe.yaml [--key value ...]`), `assets`.
 
 Each command's module is imported only when that command runs, so `dpo-plugin --help` answers at once. Recipes are
 TRL-style YAML read with TRL's own parser, so any key can be overridden on the command line; `train` runs unchanged
@@ -29,16 +29,19 @@ COMMANDS = {
     "online": "dpo_plugin.cli.online:online",
     "ppo": "dpo_plugin.cli.ppo:ppo",
     "compare": "dpo_plugin.experiments.comparison.command:compare",
+    "sweep": "dpo_plugin.experiments.sweep.command:sweep",
     "bench": "dpo_plugin.experiments.bench:bench",
     "assets": "dpo_plugin.cli.assets:assets",
 }
-USAGE = """usage: dpo-plugin {train,online,eval,ppo,compare,bench,assets} [--config recipe.yaml] [--key value ...]
+USAGE = """usage: dpo-plugin {train,online,eval,ppo,compare,sweep,bench,assets} [--config recipe.yaml] [--key value ...]
 
   dpo-plugin train --config recipes/quickstart.yaml      align a model on preference pairs (DPO, IPO, TDPO, ...)
   dpo-plugin online --config recipes/online_dpo.yaml     on-policy rounds: sample, rank by a reward, train
   dpo-plugin eval --config recipes/eval.yaml             held-out accuracy and samples through the environments
   dpo-plugin ppo --config recipes/compare/ppo.yaml       PPO against a reward model (the RLHF baseline)
   dpo-plugin compare --config recipes/compare_dpo_ppo.yaml   the DPO paper's comparison, end to end
+  dpo-plugin sweep --config recipes/experiments/online_vs_offline.yaml [--max_minutes M] [--report]
+                                                         a grid of cells, each kept as it finishes
   dpo-plugin bench {speed,memory,heads} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
   dpo-plugin bench sampling --config recipes/online_dpo.yaml   the on-policy sampler against today's
   dpo-plugin assets                                      fetch the offline model and data into the cache

@@ -87,13 +87,15 @@ def preference_accuracies(
 @dataclass
 class SampleReport:
     """Completion-v0 over `completions` prompts: the mean of each reward component, and the mean sampled KL; in
-    `standard_errors`, each mean's standard error over the prompts (s/√n; key "kl" for the KL)."""
+    `standard_errors`, each mean's standard error over the prompts (s/√n; key "kl" for the KL); in `per_prompt`, the
+    values behind each mean, one per prompt in prompt order (for intervals over prompts, e.g. a bootstrap)."""
 
     completions: int
     rewards: dict[str, float]
     kl: float | None
     examples: list[dict[str, str]] = field(default_factory=list)
     standard_errors: dict[str, float] = field(default_factory=dict)
+    per_prompt: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
 
 def sampled_completions(
@@ -145,6 +147,7 @@ def sampled_completions(
         kl=sum(kls) / n if kl_scorers else None,
         examples=examples[:8],
         standard_errors={name: standard_error(values) for name, values in series.items()},
+        per_prompt=series,
     )
 
 

@@ -16,6 +16,15 @@ logger = logging.getLogger("dpo_plugin")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGTERM or SIGINT (`signal_number`), its trainer having kept what it had; raised to whatever
+    runs the run (a comparison, a sweep), which stops too and exits with 128 + the signal number."""
+
+    def __init__(self, signal_number: int, what: str):
+        super().__init__(f"{signal.Signals(signal_number).name} stopped {what}")
+        self.signal_number, self.what = signal_number, what
+
+
 class CheckpointOnInterrupt(TrainerCallback):
     """On SIGTERM or SIGINT, let the optimizer step in progress finish, save a checkpoint, and stop training.
 

@@ -13,36 +13,22 @@ import ast
 import inspect
 import json
 import logging
+import sys
 import textwrap
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from ...data.assets import resolve_model
-from ...data.loading import first_rows, load_preference_dataset
-from ...evaluation.rewards import RewardModelReward
 from ...objectives import logprobs, losses
 from ...rlhf import ppo, ppo_math, reward_model
-from ...rlhf.reward_model import RewardModelConfig, train_reward_model
-from ...tasks.sentiment.generation import sentiment_generation
-from ...tasks.sentiment.gold import GoldSentimentReward
+from ...training.interruption import Interrupted
 from ...utils.atomic import write_json
 from ...utils.config_files import parse_config
-from ...utils.devices import default_device, device_name
+from ...utils.devices import device_name
 from ...utils.errors import ConfigError
 from .claims import dpo_versus_ipo, online_versus_offline, tdpo_versus_dpo
 from .report import markdown, write_report
-from .runs import (
-    CompareConfig,
-    ComparisonEvaluation,
-    RunResult,
-    heldout_text,
-    train_online,
-    train_ppo,
-    train_preference,
-)
+from .runs import CompareConfig, RunResult
+from .setup import ComparisonSetup
 
 RESULT_FILE = "result.json"
 
@@ -50,34 +36,28 @@ logger = logging.getLogger("dpo_plugin")
 
 
 def compare(argv: list[str]) -> dict:
-    """Run the comparison the recipe describes; write comparison.md, comparison.json and the plots."""
+    """Run the comparison the recipe describes; write comparison.md, comparison.json and the plots. SIGTERM or
+    SIGINT during a run stops the comparison (exit 128 + the signal) with every finished run kept."""
     _, config = parse_config((CompareConfig,), argv, "dpo-plugin compare")
+    try:
+        return _compare(config, argv)
+    except Interrupted as stop:
+        logger.warning("%s; the finished runs are kept, no report was written.", stop)
+        sys.exit(128 + stop.signal_number)
+
+
+def _compare(config: CompareConfig, argv: list[str]) -> dict:
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
-    device = default_device()
-    data = str(sentiment_generation(config.data_settings))
-    reference_path = resolve_model(config.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(reference_path)
-    reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32).to(device).eval()
-    reference.requires_grad_(False)
-    train_pairs, test_pairs = (load_preference_dataset(data, split) for split in ("train", "test"))
-
-    rm = reward_model_of(config, reference_path, train_pairs, test_pairs)
-    reward_fn = RewardModelReward.from_pretrained(rm["path"], config.batch_size)
-    gold = GoldSentimentReward("positive", tokenizer, with_prompt=True)
-    pairs, prompts = heldout_text(data, tokenizer, max(config.eval_pairs, config.eval_prompts))
-    rewards = {"reward_model": reward_fn, "gold_sentiment": gold}
-    evaluator = ComparisonEvaluation(
-        reference, tokenizer, first_rows(pairs, config.eval_pairs), prompts, rewards, config
-    )
-    reference_samples = evaluator.samples(reference, config.eval_prompts)
+    setup = ComparisonSetup(config)
+    evaluator = setup.evaluator
+    reference_samples = evaluator.samples(setup.reference, config.eval_prompts)
 
     methods = [*config.objectives, *(f"online-{arm}" for arm in config.online), *["ppo"] * config.ppo]
     main_plan = [(method, seed) for seed in config.seeds for method in methods]
     plan = [(m, config.kl_coef if m == "ppo" else config.beta, s) for m, s in main_plan]
     plan += [("dpo", beta, config.seeds[0]) for beta in config.beta_sweep]
     plan += [("ppo", kl_coef, config.seeds[0]) for kl_coef in config.kl_coef_sweep]
-    rankers = {"gold": "gold_positive", "reward_model": rm["path"]}  # gold_positive labelled the offline pairs
     results: list[RunResult] = []
     for index, (method, strength, seed) in enumerate(plan, 1):
         knob = "KL coefficient" if method == "ppo" else "β"
@@ -97,14 +77,7 @@ def compare(argv: list[str]) -> dict:
             run_dir,
         )
         if result is None:
-            if method == "ppo":
-                prompt_rows = train_pairs.select_columns(["prompt"])
-                result = train_ppo(config, evaluator, prompt_rows, reward_fn, strength, seed, run_dir)
-            elif method.startswith("online-"):
-                arm = method.removeprefix("online-")
-                result = train_online(config, evaluator, data, arm, rankers, seed, run_dir)
-            else:
-                result = train_preference(config, evaluator, data, method, strength, seed, run_dir)
+            result = setup.train(config, method, strength, seed, run_dir)
             write_json(run_dir / RESULT_FILE, result.to_dict() | {"settings": settings})  # kept if a later run fails
         results.append(result)
     runs, sweep = results[: len(main_plan)], results[len(main_plan) :]
@@ -114,17 +87,21 @@ def compare(argv: list[str]) -> dict:
         claims["online_vs_offline"] = online_versus_offline(runs)
     if config.claims:
         logger.info("Checking the DPO-vs-IPO claim on sentiment-pairs.")
-        claims = {"dpo_vs_ipo": dpo_versus_ipo(config, reference, tokenizer, output_dir / "claims"), **claims}
+        claims = {
+            "dpo_vs_ipo": dpo_versus_ipo(config, setup.reference, setup.tokenizer, output_dir / "claims"),
+            **claims,
+        }
+    rm = setup.reward_model
     report = {
         "setup": {
             "command": "dpo-plugin compare " + " ".join(argv),
             "device": device_name(),
             "total_seconds": round(time.perf_counter() - started, 1),
-            "train_pairs": len(train_pairs),
+            "train_pairs": len(setup.train_pairs),
             "eval_pairs": len(evaluator.pairs),
             "eval_prompts": config.eval_prompts,
-            "gold_classifier": gold.classifier.summary()["description"],
-            "data": data,
+            "gold_classifier": setup.gold.classifier.summary()["description"],
+            "data": setup.data,
             "config": vars(config),
         },
         "reward_model": {key: rm[key] for key in ("accuracy", "train_seconds", "path")},
@@ -167,28 +144,6 @@ def finished_run(run_dir: Path, settings: dict) -> RunResult | None:
             f"{run_dir} to train that run again."
         )
     return RunResult.from_dict({key: value for key, value in stored.items() if key != "settings"})
-
-
-def reward_model_of(config: CompareConfig, reference_path: str, train_pairs, test_pairs) -> dict:
-    """The Bradley–Terry reward model (`reward_model_recipe`, into output_dir/reward_model): its path, held-out
-    accuracy and train time; reused when `reward_model.json` says it was trained with the same settings."""
-    summary_path = Path(config.output_dir) / "reward_model.json"
-    settings = {"data": vars(config.data_settings), "recipe": Path(config.reward_model_recipe).read_text()}
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("settings") == settings and Path(summary["path"]).is_dir():
-            logger.info("Reusing the reward model in %s.", summary["path"])
-            return summary
-    logger.info("Training the reward model on %d pairs (%s).", len(train_pairs), config.reward_model_recipe)
-    _, rm_config = parse_config(
-        (RewardModelConfig,),
-        ["--config", config.reward_model_recipe, "--output_dir", str(Path(config.output_dir) / "reward_model")],
-        "dpo-plugin compare (reward model)",
-    )
-    rm = train_reward_model(reference_path, train_pairs, test_pairs, rm_config)
-    summary = {"path": str(rm.path), "accuracy": vars(rm.accuracy), "train_seconds": rm.train_seconds}
-    write_json(summary_path, summary | {"settings": settings})
-    return summary | {"settings": settings}
 
 
 def code_lines(*objects) -> int:

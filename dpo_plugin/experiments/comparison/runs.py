@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from ...objectives.losses import OBJECTIVES
 from ...online.recipe import build_online_trainer, parse_online_recipe
 from ...rlhf.recipe import build_ppo_trainer, parse_ppo_recipe
 from ...tasks.sentiment.generation import SentimentGenerationSettings
+from ...training.interruption import Interrupted
 from ...training.recipe import build_trainer, parse_recipe
 from ...utils.errors import ConfigError
 from ...utils.validation import Rule, check, each, integer_at_least, number_above, required
@@ -209,12 +208,19 @@ class ComparisonEvaluation:
         self.probe_seconds = 0.0  # time spent in `probe`, so training times can leave it out
         self.last_samples: SampleReport | None = None
         self._start: dict | None = None
+        self._reference_samples: dict[int, SampleReport] = {}
 
     def accuracy(self, policy, pairs: int | None = None) -> Accuracy:
         return self._of(policy).accuracy(first_rows(self.pairs, pairs))
 
     def samples(self, policy, n: int) -> SampleReport:
-        return self._of(policy).samples(self.prompts[:n], self.rewards, self.generation)
+        """Completion-v0 over the first `n` prompts; the reference's samples are drawn once per `n` and kept (the
+        same seed gives the same draw)."""
+        if policy is not self.reference:
+            return self._of(policy).samples(self.prompts[:n], self.rewards, self.generation)
+        if n not in self._reference_samples:
+            self._reference_samples[n] = self._of(policy).samples(self.prompts[:n], self.rewards, self.generation)
+        return self._reference_samples[n]
 
     def probe(self, policy, step: int, config: CompareConfig) -> dict:
         """A point of the during-training curves: accuracy on `probe_pairs`, each reward and the KL of
@@ -345,17 +351,18 @@ def train_online(
     evaluator: ComparisonEvaluation,
     dataset: str,
     arm: str,
-    rankers: dict[str, str],
+    ranker: str,
+    beta: float,
     seed: int,
     output_dir: Path,
 ) -> RunResult:
     """One online arm, `objective/ranker`: `online_recipe`'s rounds from the reference on `dataset`'s training
-    prompts, the policy's samples ranked by `rankers[ranker]` (a `reward_funcs` string), probed after each round
-    (step = rounds done). A run stopped part-way resumes after its last complete round."""
-    objective, _, ranker = arm.partition("/")
+    prompts, the policy's samples ranked by `ranker` (a `reward_funcs` string), probed after each round (step =
+    rounds done). A run stopped part-way resumes after its last complete round."""
+    objective = arm.partition("/")[0]
     set_all_seeds(seed)
-    overrides = ["--dataset_name", dataset, "--reward_funcs", rankers[ranker], "--loss_type", objective]
-    overrides += ["--beta", str(config.beta), "--seed", str(seed), "--output_dir", str(output_dir)]
+    overrides = ["--dataset_name", dataset, "--reward_funcs", ranker, "--loss_type", objective]
+    overrides += ["--beta", str(beta), "--seed", str(seed), "--output_dir", str(output_dir)]
     overrides += ["--model_name_or_path", config.model_name_or_path, "--eval_prompts", "0"]
     script_args, online_config, model_args = parse_online_recipe(
         ["--config", config.online_recipe, *overrides], "dpo-plugin compare (online)"
@@ -381,7 +388,7 @@ def train_online(
     return RunResult(
         method=f"online-{arm}",
         seed=seed,
-        strength=config.beta,
+        strength=beta,
         steps=sum(r.get("steps", 0) for r in trainer.rounds),
         train_seconds=round(seconds, 1),  # sampling, ranking and training, without the probes' time
         accuracy=evaluator.accuracy(trainer.model),
@@ -392,11 +399,9 @@ def train_online(
 
 
 def _stop_if_interrupted(signal_number: int | None, what: str, seed: int) -> None:
-    """After SIGTERM/SIGINT stopped a run (its trainer saved what it had), stop the comparison too."""
+    """After SIGTERM/SIGINT stopped a run (its trainer saved what it had), stop what runs it too (`Interrupted`)."""
     if signal_number is not None:
-        name = signal.Signals(signal_number).name
-        logger.warning("%s: comparison stopped during %s (seed %d); no report was written.", name, what, seed)
-        sys.exit(128 + signal_number)
+        raise Interrupted(signal_number, f"{what} (seed {seed})")
 
 
 def _curves(log_history: list[dict], keys: tuple[str, ...]) -> dict[str, list[list[float]]]:

@@ -1,0 +1,106 @@
+"""`experiment: comparison` in a sweep grid (`dpo-plugin sweep`): each cell trains one method of the comparison at
+one strength and seed, from the reference, and evaluates it on the held-out prompts and pairs.
+
+A cell's values: `config` (a `dpo-plugin compare` recipe: the data, the evaluation and the method recipes), `method`
+(a preference objective, `ppo`, or `online-<objective>/<ranker>` with ranker `gold` or `reward_model`), `beta` (the
+preference objectives and online arms; default the recipe's) or `kl_coef` (PPO), `seed`, and any other
+`CompareConfig` key. Cells are scored by the gold reward only, so only cells that rank by the reward model (or train
+PPO against it) train one.
+
+Recorded: metrics `gold` (mean gold reward of one sample per held-out prompt), `kl` (sampled KL(π_θ ‖ π_ref)),
+`accuracy` (held-out pairs ranked by implicit reward) and `steps`; per prompt `gold` and `kl`, and the reference's
+(`start_per_prompt`, KL 0); seconds `setup` (data, reference and reward model, paid by a process's first cell),
+`train` (for online arms sampling and ranking too), `evaluate` (probes during training and the final evaluation);
+details: the held-out `probes` during training (step 0 is the reference) and the reward model's accuracy where one
+ranked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from ...objectives.losses import OBJECTIVES
+from ...utils.errors import ConfigError
+from .runs import ONLINE_ARM, CompareConfig
+from .setup import ComparisonSetup
+
+EVAL_REWARDS = ("gold_sentiment",)
+# CompareConfig keys that say which runs `compare` trains: a cell is one run, named by method, strength and seed
+PLAN_KEYS = ("output_dir", "seeds", "objectives", "online", "ppo", "beta_sweep", "kl_coef_sweep", "beta", "kl_coef")
+PLAN_KEYS += ("claims", "claim_pairs", "claim_epochs")
+
+
+class ComparisonCells:
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.setup: ComparisonSetup | None = None
+
+    def parse(self, values: dict) -> tuple[CompareConfig, str, float, int]:
+        """(the CompareConfig, method, strength, seed) of a cell's values; a `ConfigError` naming a bad key."""
+        values = dict(values)
+        method, seed = values.pop("method", None), values.pop("seed")
+        path = values.pop("config", None)
+        recipe = yaml.safe_load(Path(path).read_text()) if path else {}
+        if path and not isinstance(recipe, dict):
+            raise ConfigError(f"config: {path} is not a mapping of compare keys.")
+        merged = {**recipe, **values, "output_dir": str(self.output_dir), "seeds": [seed], "claims": False}
+        fields = set(CompareConfig.__dataclass_fields__)
+        unknown = sorted(set(merged) - fields)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(unknown)} for a comparison cell (compare's keys, or method).")
+        config = CompareConfig(**merged)
+        online = isinstance(method, str) and method.startswith("online-")
+        if not (method in (*OBJECTIVES, "ppo") or online and ONLINE_ARM.test(method.removeprefix("online-"))):
+            raise ConfigError(
+                f"method must be one of {', '.join(OBJECTIVES)}, ppo, or online-objective/ranker "
+                f"(ranker: gold or reward_model); got {method!r}."
+            )
+        return config, method, config.kl_coef if method == "ppo" else config.beta, seed
+
+    def settings(self, values: dict) -> dict:
+        config, method, strength, seed = self.parse(values)
+        recipe = config.ppo_recipe if method == "ppo" else config.preference_recipe
+        if method.startswith("online-"):
+            recipe = config.online_recipe
+        settings = {"method": method, "strength": strength, "seed": seed, "eval_rewards": list(EVAL_REWARDS)}
+        settings["compare"] = {key: value for key, value in vars(config).items() if key not in PLAN_KEYS}
+        settings["recipe"] = yaml.safe_load(Path(recipe).read_text())
+        if uses_reward_model(method):
+            settings["reward_model_recipe"] = yaml.safe_load(Path(config.reward_model_recipe).read_text())
+        return settings
+
+    def run(self, values: dict, folder: Path):
+        from ..sweep.grid import CellResult
+
+        config, method, strength, seed = self.parse(values)
+        started = time.perf_counter()
+        if self.setup is None or not self.setup.shares(config, EVAL_REWARDS):
+            self.setup = ComparisonSetup(config, EVAL_REWARDS)
+        setup = self.setup
+        start = setup.evaluator.samples(setup.reference, config.eval_prompts)
+        details = {}
+        if uses_reward_model(method):
+            details["reward_model_accuracy"] = setup.reward_model["accuracy"]
+        setup_seconds = time.perf_counter() - started
+        result = setup.train(config, method, strength, seed, folder)
+        samples = result.samples
+        total = time.perf_counter() - started
+        return CellResult(
+            metrics={"gold": samples.rewards["gold_sentiment"], "kl": samples.kl, "accuracy": result.accuracy.value}
+            | {"steps": result.steps},
+            per_prompt={"gold": samples.per_prompt["gold_sentiment"], "kl": samples.per_prompt["kl"]},
+            start_per_prompt={"gold": start.per_prompt["gold_sentiment"], "kl": [0.0] * start.completions},
+            seconds={
+                "setup": setup_seconds,
+                "train": result.train_seconds,
+                "evaluate": total - setup_seconds - result.train_seconds,
+            },
+            details=details | {"probes": result.probes},
+        )
+
+
+def uses_reward_model(method: str) -> bool:
+    return method == "ppo" or method.endswith("/reward_model")
