@@ -44,6 +44,7 @@ USAGE = """usage: dpo-plugin {train,online,eval,ppo,compare,sweep,bench,assets} 
                                                          a grid of cells, each kept as it finishes
   dpo-plugin bench {speed,memory,heads} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
   dpo-plugin bench sampling --config recipes/online_dpo.yaml   the on-policy sampler against today's
+  dpo-plugin bench online --config recipes/online_sentiment.yaml   on-policy rounds against TRL's OnlineDPOTrainer
   dpo-plugin assets                                      fetch the offline model and data into the cache
 
 `dpo-plugin <command> --help` lists a command's keys. --verbose (or DPO_PLUGIN_VERBOSE=1) shows library warnings;

@@ -3,6 +3,7 @@ per-round metrics and their plot."""
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from dataclasses import asdict
@@ -34,6 +35,21 @@ def heldout_metrics(entry: dict) -> dict:
     return {key.removeprefix("eval/"): value for key, value in entry.items() if key.startswith("eval/")}
 
 
+def heldout_gains(start_eval: dict, last: dict, z: float = 1.959964) -> dict[str, dict]:
+    """Each held-out metric's change from before the first round to after the last, `gain`, with a conservative 95%
+    interval, gain ± z·√(SE_start² + SE_last²): it leaves out the positive correlation of the two evaluations (the
+    same prompts and sampling seed), so the paired interval is no wider."""
+    gains = {}
+    for key, before in start_eval.items():
+        after = last.get(f"eval/{key}")
+        if key.endswith("_se") or after is None:
+            continue
+        gain = after - before
+        half = z * math.hypot(start_eval.get(f"{key}_se", 0.0), last.get(f"eval/{key}_se", 0.0))
+        gains[key] = {"before": before, "after": after, "gain": gain, "low": gain - half, "high": gain + half}
+    return gains
+
+
 def online(argv: list[str]) -> dict:
     """Train the recipe's rounds (a stopped run in the same output_dir resumes after its last complete round);
     write `model` files, `metrics.json` (`rounds`: one entry per round) and `rounds.png` into output_dir."""
@@ -58,6 +74,7 @@ def online(argv: list[str]) -> dict:
     results = {"recipe": {"script": asdict(script_args), "model": asdict(model_args)}, "rounds": rounds}
     if trainer.start_eval is not None:
         results["start_eval"] = trainer.start_eval
+        results["heldout_gain"] = heldout_gains(trainer.start_eval, rounds[-1]) if rounds else {}
     write_json(output_dir / "metrics.json", results)
     points, curves = round_curves(rounds, trainer.start_eval)
     title = f"on-policy {', '.join(config.loss_type)}, {config.samples_per_prompt} samples a prompt"
@@ -67,5 +84,10 @@ def online(argv: list[str]) -> dict:
         line = f"round {entry['round']}: samples' mean reward {reward:.3f}, KL to the start {kl:.3f}"
         heldout = [f"{key} {value:.3f}" for key, value in heldout_metrics(entry).items() if not key.endswith("_se")]
         print(f"{line}, {entry['pairs']} pairs" + (f"; held-out after it: {', '.join(heldout)}" if heldout else ""))
+    for key, change in results.get("heldout_gain", {}).items():
+        print(
+            f"held-out {key}: {change['before']:.3f} before the first round, {change['after']:.3f} after the last: "
+            f"{change['gain']:+.3f} [95%: {change['low']:+.3f}, {change['high']:+.3f}]"
+        )
     print(f"Wrote {output_dir / 'metrics.json'} and {output_dir / 'rounds.png'}")
     return results

@@ -227,7 +227,11 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
         "ledger_dir": str(tmp_path / "ledger"),
         "output_dir": str(tmp_path / "outputs"),
         "base": shipped["base"] | recipes | sizes,
-        "arms": {name: shipped["arms"][name] for name in ("offline-dpo", "online-dpo-gold", "online-dpo-rm")},
+        "arms": {
+            name: {"method": shipped["arms"][name]["method"]}
+            for name in ("offline-dpo", "online-dpo-gold", "online-dpo-rm")
+        }
+        | {"offline-dpo-2epochs": {"method": "dpo", "recipe_overrides": {"num_train_epochs": 2}}},
         "settings": [{"beta": 0.1}],
         "seeds": [42],
     }
@@ -237,9 +241,15 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
     files = cell_files(tmp_path)
     assert sorted(files) == [
         "offline-dpo--beta-0.1--seed42.json",
+        "offline-dpo-2epochs--beta-0.1--seed42.json",
         "online-dpo-gold--beta-0.1--seed42.json",
         "online-dpo-rm--beta-0.1--seed42.json",
     ]
+    offline, longer = (json.loads(files[f"offline-dpo{arm}--beta-0.1--seed42.json"]) for arm in ("", "-2epochs"))
+    assert longer["metrics"]["steps"] == 2 * offline["metrics"]["steps"]  # recipe_overrides reached the recipe
+    assert (
+        longer["settings"]["recipe"]["num_train_epochs"] == 2 and offline["settings"]["recipe"]["num_train_epochs"] == 1
+    )
     online = json.loads(files["online-dpo-gold--beta-0.1--seed42.json"])
     assert online["settings"]["method"] == "online-dpo/gold" and online["settings"]["recipe"]["rounds"] == 2
     prompts = len(online["per_prompt"]["gold"])  # the held-out prompts left after tied pairs are dropped
@@ -253,4 +263,4 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
     main(["sweep", "--config", str(path)])  # every cell finished: nothing is trained again
     assert cell_files(tmp_path) == files
     report = json.loads((tmp_path / "ledger" / "report.json").read_text())
-    assert {v["arm"] for v in report["verdicts"]} == {"online-dpo-gold", "online-dpo-rm"}
+    assert {v["arm"] for v in report["verdicts"]} == {"online-dpo-gold", "online-dpo-rm", "offline-dpo-2epochs"}

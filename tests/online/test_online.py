@@ -200,6 +200,11 @@ def test_the_online_command_learns_the_reward_and_writes_its_outputs(tmp_path):
     start, last = metrics["start_eval"], metrics["rounds"][-1]
     assert start["kl"] == pytest.approx(0.0, abs=1e-5) and last["eval/kl"] > 0.05
     assert last["eval/reward/a_count"] > start["reward/a_count"] + 0.5 and last["eval/reward/a_count_se"] > 0
+    gain = metrics["heldout_gain"]["reward/a_count"]
+    assert gain["gain"] == pytest.approx(last["eval/reward/a_count"] - start["reward/a_count"])
+    half = 1.959964 * (start["reward/a_count_se"] ** 2 + last["eval/reward/a_count_se"] ** 2) ** 0.5
+    assert gain["low"] == pytest.approx(gain["gain"] - half) and gain["high"] == pytest.approx(gain["gain"] + half)
+    assert set(metrics["heldout_gain"]) == {"reward/a_count", "kl"}
     assert (tmp_path / "run" / "rounds.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "run" / "model.safetensors").is_file() and not list((tmp_path / "run").glob(".*"))
 

@@ -1,5 +1,6 @@
-"""`dpo-plugin bench {memory,heads,speed,sampling} --config recipe.yaml [--key value ...]`: measurements any user can
-rerun; `sampling` (`sampling.py`) takes an online recipe: the on-policy loop's sampler against today's and generate.
+"""`dpo-plugin bench {memory,heads,speed,sampling,online} --config recipe.yaml [--key value ...]`: measurements any
+user can rerun; `sampling` (`sampling.py`) and `online` (`online.py`) take an online recipe: the on-policy loop's
+sampler against today's and generate, and the loop's rounds against TRL's `OnlineDPOTrainer`.
 
 `memory` (`memory.py`): what a quantized reference saves; `heads` (`heads.py`): the objective head's memory and time
 against TRL's; `speed` (`speed.py`): steps per second against TRL's and a raw PyTorch loop. `measuring.py` measures a
@@ -10,7 +11,7 @@ step's FLOPs for `speed`.
 import importlib
 
 # name -> the module whose function of the same name runs that benchmark (imported only when it runs)
-BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed", "sampling": "sampling"}
+BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed", "sampling": "sampling", "online": "online"}
 
 
 def bench(argv: list[str]) -> dict:

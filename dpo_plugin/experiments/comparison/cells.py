@@ -3,9 +3,9 @@ one strength and seed, from the reference, and evaluates it on the held-out prom
 
 A cell's values: `config` (a `dpo-plugin compare` recipe: the data, the evaluation and the method recipes), `method`
 (a preference objective, `ppo`, or `online-<objective>/<ranker>` with ranker `gold` or `reward_model`), `beta` (the
-preference objectives and online arms; default the recipe's) or `kl_coef` (PPO), `seed`, and any other
-`CompareConfig` key. Cells are scored by the gold reward only, so only cells that rank by the reward model (or train
-PPO against it) train one.
+preference objectives and online arms; default the recipe's) or `kl_coef` (PPO), `seed`, `recipe_overrides` (keys of
+the method's own recipe, e.g. `{num_train_epochs: 3}`), and any other `CompareConfig` key. Cells are scored by the
+gold reward only, so only cells that rank by the reward model (or train PPO against it) train one.
 
 Recorded: metrics `gold` (mean gold reward of one sample per held-out prompt), `kl` (sampled KL(π_θ ‖ π_ref)),
 `accuracy` (held-out pairs ranked by implicit reward) and `steps`; per prompt `gold` and `kl`, and the reference's
@@ -38,10 +38,14 @@ class ComparisonCells:
         self.output_dir = Path(output_dir)
         self.setup: ComparisonSetup | None = None
 
-    def parse(self, values: dict) -> tuple[CompareConfig, str, float, int]:
-        """(the CompareConfig, method, strength, seed) of a cell's values; a `ConfigError` naming a bad key."""
+    def parse(self, values: dict) -> tuple[CompareConfig, str, float, int, dict]:
+        """(the CompareConfig, method, strength, seed, recipe overrides) of a cell's values; a `ConfigError` naming a
+        bad key."""
         values = dict(values)
         method, seed = values.pop("method", None), values.pop("seed")
+        recipe_overrides = values.pop("recipe_overrides", {})
+        if not isinstance(recipe_overrides, dict):
+            raise ConfigError(f"recipe_overrides must be a mapping of recipe keys; got {recipe_overrides!r}.")
         path = values.pop("config", None)
         recipe = yaml.safe_load(Path(path).read_text()) if path else {}
         if path and not isinstance(recipe, dict):
@@ -58,16 +62,16 @@ class ComparisonCells:
                 f"method must be one of {', '.join(OBJECTIVES)}, ppo, or online-objective/ranker "
                 f"(ranker: gold or reward_model); got {method!r}."
             )
-        return config, method, config.kl_coef if method == "ppo" else config.beta, seed
+        return config, method, config.kl_coef if method == "ppo" else config.beta, seed, recipe_overrides
 
     def settings(self, values: dict) -> dict:
-        config, method, strength, seed = self.parse(values)
+        config, method, strength, seed, recipe_overrides = self.parse(values)
         recipe = config.ppo_recipe if method == "ppo" else config.preference_recipe
         if method.startswith("online-"):
             recipe = config.online_recipe
         settings = {"method": method, "strength": strength, "seed": seed, "eval_rewards": list(EVAL_REWARDS)}
         settings["compare"] = {key: value for key, value in vars(config).items() if key not in PLAN_KEYS}
-        settings["recipe"] = yaml.safe_load(Path(recipe).read_text())
+        settings["recipe"] = yaml.safe_load(Path(recipe).read_text()) | recipe_overrides
         if uses_reward_model(method):
             settings["reward_model_recipe"] = yaml.safe_load(Path(config.reward_model_recipe).read_text())
         return settings
@@ -75,7 +79,7 @@ class ComparisonCells:
     def run(self, values: dict, folder: Path):
         from ..sweep.grid import CellResult
 
-        config, method, strength, seed = self.parse(values)
+        config, method, strength, seed, recipe_overrides = self.parse(values)
         started = time.perf_counter()
         if self.setup is None or not self.setup.shares(config, EVAL_REWARDS):
             self.setup = ComparisonSetup(config, EVAL_REWARDS)
@@ -85,7 +89,7 @@ class ComparisonCells:
         if uses_reward_model(method):
             details["reward_model_accuracy"] = setup.reward_model["accuracy"]
         setup_seconds = time.perf_counter() - started
-        result = setup.train(config, method, strength, seed, folder)
+        result = setup.train(config, method, strength, seed, folder, as_flags(recipe_overrides))
         samples = result.samples
         total = time.perf_counter() - started
         return CellResult(
@@ -104,3 +108,12 @@ class ComparisonCells:
 
 def uses_reward_model(method: str) -> bool:
     return method == "ppo" or method.endswith("/reward_model")
+
+
+def as_flags(values: dict) -> tuple[str, ...]:
+    """`{key: value}` as the `--key value` flags TRL's parser reads (a list: its items; a boolean: true/false)."""
+    flags = []
+    for key, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(item).lower() if isinstance(item, bool) else str(item) for item in items)]
+    return tuple(flags)

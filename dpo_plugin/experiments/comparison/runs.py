@@ -279,7 +279,8 @@ def train_preference(
     output_dir: Path,
     extra: tuple[str, ...] = (),
 ) -> RunResult:
-    """Train one preference objective with the shared recipe, probe it during training and evaluate it."""
+    """Train one preference objective with the shared recipe (`extra`: more `--key value` flags for it), probe it
+    during training and evaluate it."""
     set_all_seeds(seed)
     overrides = ["--dataset_name", dataset, "--loss_type", objective, "--beta", str(beta), "--seed", str(seed)]
     overrides += ["--output_dir", str(output_dir), "--model_name_or_path", config.model_name_or_path, *extra]
@@ -316,11 +317,13 @@ def train_ppo(
     kl_coef: float,
     seed: int,
     output_dir: Path,
+    extra: tuple[str, ...] = (),
 ) -> RunResult:
-    """PPO from the same reference (LoRA adapters; the reference is the policy with them off) against `reward_fn`."""
+    """PPO from the same reference (LoRA adapters; the reference is the policy with them off) against `reward_fn`;
+    `extra`: more `--key value` flags for its recipe."""
     set_all_seeds(seed)
     overrides = ["--seed", str(seed), "--kl_coef", str(kl_coef), "--output_dir", str(output_dir)]
-    overrides += ["--model_name_or_path", config.model_name_or_path]
+    overrides += ["--model_name_or_path", config.model_name_or_path, *extra]
     _, ppo_config, model_args = parse_ppo_recipe(["--config", config.ppo_recipe, *overrides], "dpo-plugin compare")
     ppo_config.eval_steps = probe_interval(ppo_config.steps, config.probes)
     probe = lambda ppo: evaluator.probe(ppo.policy, ppo.step, config)  # noqa: E731
@@ -355,15 +358,17 @@ def train_online(
     beta: float,
     seed: int,
     output_dir: Path,
+    extra: tuple[str, ...] = (),
 ) -> RunResult:
     """One online arm, `objective/ranker`: `online_recipe`'s rounds from the reference on `dataset`'s training
     prompts, the policy's samples ranked by `ranker` (a `reward_funcs` string), probed after each round (step =
-    rounds done). A run stopped part-way resumes after its last complete round."""
+    rounds done); `extra`: more `--key value` flags for the recipe. A run stopped part-way resumes after its last
+    complete round."""
     objective = arm.partition("/")[0]
     set_all_seeds(seed)
     overrides = ["--dataset_name", dataset, "--reward_funcs", ranker, "--loss_type", objective]
     overrides += ["--beta", str(beta), "--seed", str(seed), "--output_dir", str(output_dir)]
-    overrides += ["--model_name_or_path", config.model_name_or_path, "--eval_prompts", "0"]
+    overrides += ["--model_name_or_path", config.model_name_or_path, "--eval_prompts", "0", *extra]
     script_args, online_config, model_args = parse_online_recipe(
         ["--config", config.online_recipe, *overrides], "dpo-plugin compare (online)"
     )

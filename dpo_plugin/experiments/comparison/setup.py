@@ -136,15 +136,18 @@ class ComparisonSetup:
             self.reference, self.tokenizer, first_rows(pairs, config.eval_pairs), prompts, rewards, config
         )
 
-    def train(self, config: CompareConfig, method: str, strength: float, seed: int, run_dir: Path) -> RunResult:
+    def train(
+        self, config: CompareConfig, method: str, strength: float, seed: int, run_dir: Path, extra: tuple = ()
+    ) -> RunResult:
         """One run of `method` (a preference objective, `ppo`, or `online-<objective>/<ranker>`) at `strength` (β,
-        or PPO's KL coefficient) and `seed`, into `run_dir`, evaluated on the held-out data."""
+        or PPO's KL coefficient) and `seed`, into `run_dir`, evaluated on the held-out data; `extra`: more
+        `--key value` flags for the method's recipe."""
         evaluator = self.evaluator
         if method == "ppo":
             prompt_rows = self.train_pairs.select_columns(["prompt"])
-            return train_ppo(config, evaluator, prompt_rows, self.reward_fn, strength, seed, run_dir)
+            return train_ppo(config, evaluator, prompt_rows, self.reward_fn, strength, seed, run_dir, extra)
         if method.startswith("online-"):
             arm = method.removeprefix("online-")
             ranker = self.reward_model["path"] if arm.endswith("/reward_model") else "gold_positive"
-            return train_online(config, evaluator, self.data, arm, ranker, strength, seed, run_dir)
-        return train_preference(config, evaluator, self.data, method, strength, seed, run_dir)
+            return train_online(config, evaluator, self.data, arm, ranker, strength, seed, run_dir, extra)
+        return train_preference(config, evaluator, self.data, method, strength, seed, run_dir, extra)

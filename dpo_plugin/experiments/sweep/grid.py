@@ -81,6 +81,8 @@ class Cell:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return "+".join(f"{key}-{_short(item)}" for key, item in value.items())
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
