@@ -71,6 +71,18 @@ def test_a_grid_expands_seed_by_seed_arm_by_arm_later_values_winning(tmp_path):
     assert cells[2].group == ("b", "strength 2")
 
 
+@pytest.mark.parametrize("path", sorted((RECIPES / "experiments").glob("*.yaml")), ids=lambda path: path.name)
+def test_the_shipped_grids_expand_and_every_cell_has_settings(path, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)  # grid files name recipes relative to the repository, as the README runs them
+    grid = read_grid(path)
+    runner = grid.runner()
+    cells = grid.cells()
+    assert len({cell.id for cell in cells}) == len(cells)
+    settings = [runner.settings(cell.values) for cell in cells]
+    assert all(setting["seed"] == cell.seed for setting, cell in zip(settings, cells, strict=True))
+    assert grid.report.get("baseline") in grid.arms
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -247,9 +247,11 @@ def test_a_bad_reward_function_is_one_line_naming_it_and_writes_nothing(reward, 
     assert not run.exists()
 
 
-def test_the_online_recipe_parses():
-    script_args, config, model_args = parse_online_recipe(["--config", str(RECIPES / "online_dpo.yaml")])
-    assert script_args.reward_funcs == ["gold_from_prompt"] and config.rounds >= 1 and model_args.use_peft
+@pytest.mark.parametrize("recipe", ["online_dpo.yaml", "online_sentiment.yaml"])
+def test_the_online_recipes_parse(recipe):
+    script_args, config, model_args = parse_online_recipe(["--config", str(RECIPES / recipe)])
+    assert script_args.reward_funcs and config.rounds >= 1 and model_args.use_peft
+    assert config.prompts_per_round % config.per_device_train_batch_size == 0  # what `bench online` needs
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

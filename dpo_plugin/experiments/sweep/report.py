@@ -2,9 +2,10 @@
 
 Rows are (arm, setting) groups, each over its finished seeds: per-prompt metrics as the estimate with a 95%
 bootstrap interval over prompts and seeds (`intervals.py`), other metrics as the mean and the spread (max − min)
-over seeds, and the mean wall time. Missing and stale cells are listed by name. With `report: {x, y, baseline}` in
-the grid, the frontier plot draws y against x per arm (every arm starting at the common starting policy, x = 0, where
-the cells record it), and each other arm's (setting's) y is compared with the baseline arm's curve at the same x.
+over seeds, and the mean wall time of each phase, in minutes. Missing and stale cells are listed by name. With
+`report: {x, y, baseline}` in the grid, the frontier plot draws y against x per arm (every arm starting at the common
+starting policy, x = 0, where the cells record it), and each other arm's (setting's) y is compared with the baseline
+arm's curve at the same x.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _row(group: tuple[str, str], records: list[dict], replicated: dict) -> dict:
         if metric not in replicated:
             series = [r["metrics"][metric] for r in records if metric in r["metrics"]]
             row[metric] = {"mean": mean(series), "spread": max(series) - min(series)}
-    row["minutes"] = mean(sum(r["seconds"].values()) for r in records) / 60 if records[0]["seconds"] else None
+    for phase in dict.fromkeys(name for r in records for name in r["seconds"]):
+        row[f"{phase} min"] = mean(r["seconds"].get(phase, 0.0) for r in records) / 60
     return row
 
 
@@ -94,7 +96,7 @@ def _markdown(grid, cells, rows, verdicts, missing, stale, command, has_start) -
         "",
         "Per-prompt metrics: the estimate with its 95% bootstrap interval [low, high] over held-out prompts and seeds "
         "(prompts drawn once per replicate for every row: paired). Other metrics: the mean ± the spread (max − min) "
-        "over seeds.",
+        "over seeds. `<phase> min`: the mean wall time of that phase of a cell.",
         "",
     ]
     metrics = list(dict.fromkeys(key for row in rows for key in row if key not in ("arm", "setting", "seeds")))
@@ -113,7 +115,9 @@ def _markdown(grid, cells, rows, verdicts, missing, stale, command, has_start) -
             f"Each row's {y} minus {baseline}'s {y} read off its curve (piecewise linear through its settings"
             f"{' and the starting policy at ' + x + ' = 0' if has_start else ''}) at the row's {x}, per bootstrap "
             "replicate; holds: the 95% interval lies above 0; does not hold: below; not resolved: it spans 0, or the "
-            f"row's {x} lies beyond the curve.",
+            f"row's {x} lies beyond the curve. Between two of the baseline's points the curve is a straight line: "
+            "where they lie far apart and the true curve bends up (concave), the line runs below it, so a verdict read "
+            "in such a gap favours the row; the interval does not cover that.",
             "",
             f"| arm | setting | {x} | {y} | {baseline} at that {x} | difference [95%] | verdict |",
             "|---|---|---|---|---|---|---|",
