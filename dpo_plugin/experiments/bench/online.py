@@ -69,12 +69,16 @@ def online(argv: list[str]) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-online-") as scratch:
         policy, tokenizer = load_policy(model_args, config.device)
-        start = _evaluate(policy, contextlib.nullcontext, tokenizer, eval_prompts, script_args, config)
+        rewards = resolve_rewards(script_args.reward_funcs, tokenizer, script_args.reward_batch_size, config.max_length)
+        evaluate = functools.partial(
+            _evaluate, tokenizer=tokenizer, prompts=eval_prompts, rewards=rewards, generation=config.generation
+        )
+        start = evaluate(policy, contextlib.nullcontext)
         del policy
-        rows.append(_trl(script_args, config, model_args, eval_prompts, Path(scratch) / "trl"))
+        rows.append(_trl(script_args, config, model_args, rewards, evaluate, Path(scratch) / "trl"))
         for samples in bench_args.bench_samples:
             overrides = ["--samples_per_prompt", str(samples), "--output_dir", str(Path(scratch) / f"plugin-{samples}")]
-            rows.append(_plugin(argv, overrides, script_args, config, eval_prompts))
+            rows.append(_plugin(argv, overrides, evaluate))
     for row in rows:
         row["gain"] = row["reward"] - start["reward"]
     result = {
@@ -89,12 +93,11 @@ def online(argv: list[str]) -> dict:
     return result
 
 
-def _trl(script_args, config, model_args, eval_prompts, output_dir: Path) -> dict:
+def _trl(script_args, config, model_args, rewards: dict, evaluate, output_dir: Path) -> dict:
     from trl import get_peft_config
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     policy, tokenizer = load_policy(model_args, config.device)
-    rewards = _rewards(script_args, tokenizer, config)
     steps = config.rounds * config.prompts_per_round // config.per_device_train_batch_size
     shared = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size")
     shared += ("max_new_tokens", "temperature", "top_p", "seed", "use_cpu", "bf16", "gradient_checkpointing")
@@ -124,11 +127,11 @@ def _trl(script_args, config, model_args, eval_prompts, output_dir: Path) -> dic
     row |= {"completions": 2 * steps * config.per_device_train_batch_size}
     row |= {"seconds": _phases(memory["seconds"], {name: timer.seconds for name, timer in phases.items()})}
     model = trainer.accelerator.unwrap_model(trainer.model)
-    evaluation = _evaluate(model, model.disable_adapter, tokenizer, eval_prompts, script_args, config)
+    evaluation = evaluate(model, model.disable_adapter)
     return row | {key: value for key, value in memory.items() if key != "seconds"} | evaluation
 
 
-def _plugin(argv, overrides, script_args, config, eval_prompts) -> dict:
+def _plugin(argv, overrides, evaluate) -> dict:
     script_args, plugin_config, model_args, _ = parse_online_recipe(
         [*argv, "--epochs_per_round", "1", "--eval_prompts", "0", *overrides],
         "dpo-plugin bench online",
@@ -143,13 +146,8 @@ def _plugin(argv, overrides, script_args, config, eval_prompts) -> dict:
     row |= {"steps": sum(r["steps"] for r in rounds), "completions": completions}
     row |= {"seconds": _phases(memory["seconds"], {"sampling": phases["sampling"], "scoring": phases["ranking"]})}
     row["pairs"] = sum(r["pairs"] for r in rounds)
-    policy = trainer.model
-    evaluation = _evaluate(policy, policy.disable_adapter, trainer.tokenizer, eval_prompts, script_args, config)
+    evaluation = evaluate(trainer.model, trainer.model.disable_adapter)
     return row | {key: value for key, value in memory.items() if key != "seconds"} | evaluation
-
-
-def _rewards(script_args, tokenizer, config) -> dict:
-    return resolve_rewards(script_args.reward_funcs, tokenizer, script_args.reward_batch_size, config.max_length)
 
 
 def _trl_convention(name: str, fn):
@@ -203,11 +201,10 @@ def _phases(total: float, measured: dict[str, float]) -> dict[str, float]:
     return measured | {"training": total - sum(measured.values()), "total": total}
 
 
-def _evaluate(policy, start_context, tokenizer, prompts, script_args, config) -> dict:
+def _evaluate(policy, start_context, *, tokenizer, prompts, rewards, generation) -> dict:
     """Mean reward and KL(π ‖ π_start) of one completion per held-out prompt (seed 0), with standard errors."""
-    rewards = _rewards(script_args, tokenizer, config)
     evaluator = HeldoutEvaluator((policy, contextlib.nullcontext), (policy, start_context), tokenizer, 64)
-    report = evaluator.samples(prompts, rewards, config.generation, seed=0)
+    report = evaluator.samples(prompts, rewards, generation, seed=0)
     (name,) = report.rewards if len(report.rewards) == 1 else ("total",)
     reward = sum(report.rewards.values()) if name == "total" else report.rewards[name]
     return {

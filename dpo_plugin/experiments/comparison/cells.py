@@ -66,9 +66,7 @@ class ComparisonCells:
 
     def settings(self, values: dict) -> dict:
         config, method, strength, seed, recipe_overrides = self.parse(values)
-        recipe = config.ppo_recipe if method == "ppo" else config.preference_recipe
-        if method.startswith("online-"):
-            recipe = config.online_recipe
+        recipe = config.recipe_of(method)
         settings = {"method": method, "strength": strength, "seed": seed, "eval_rewards": list(EVAL_REWARDS)}
         settings["compare"] = {key: value for key, value in vars(config).items() if key not in PLAN_KEYS}
         settings["recipe"] = yaml.safe_load(Path(recipe).read_text()) | recipe_overrides

@@ -119,11 +119,7 @@ def _compare(config: CompareConfig, argv: list[str]) -> dict:
 
 def run_settings(config: CompareConfig, method: str) -> dict:
     """What one run's result depends on: the data and evaluation keys, and the text of the recipes it trains with."""
-    recipe = config.preference_recipe
-    if method == "ppo":
-        recipe = config.ppo_recipe
-    elif method.startswith("online-"):
-        recipe = config.online_recipe
+    recipe = config.recipe_of(method)
     keys = ("model_name_or_path", "train_prompts", "test_prompts", "samples_per_prompt", "max_new_tokens")
     keys += ("eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts", "probes", "batch_size")
     recipes = {"recipe": Path(recipe).read_text(), "reward_model_recipe": Path(config.reward_model_recipe).read_text()}

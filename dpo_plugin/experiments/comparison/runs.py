@@ -142,6 +142,12 @@ class CompareConfig:
             if not Path(getattr(self, name)).is_file():
                 raise ConfigError(f"{name}: {getattr(self, name)} is not a file (paths are relative to where you run).")
 
+    def recipe_of(self, method: str) -> str:
+        """The recipe a run of `method` trains with: PPO's, the online arms', or the preference objectives'."""
+        if method == "ppo":
+            return self.ppo_recipe
+        return self.online_recipe if method.startswith("online-") else self.preference_recipe
+
     @property
     def recipes_used(self) -> list[str]:
         """The recipe keys this comparison reads."""
