@@ -147,6 +147,26 @@ def test_max_minutes_starts_no_new_cell_and_the_report_marks_the_missing_ones(tm
     assert len(cell_files(tmp_path)) == 8 and len(runs_logged(tmp_path)) == 8  # the finished one was not rerun
 
 
+def test_cells_runs_the_matching_cells_pattern_by_pattern_and_reports_the_whole_grid(tmp_path, capsys):
+    path = write_grid(tmp_path)
+    main(["sweep", "--config", str(path), "--cells", "steeper--*--seed2", "*--strength-1--seed2", "steeper--*"])
+    assert runs_logged(tmp_path) == [
+        "steeper--strength-1--seed2",
+        "steeper--strength-4--seed2",
+        "baseline--strength-1--seed2",
+        "steeper--strength-1--seed1",
+        "steeper--strength-4--seed1",
+    ]
+    assert "5 of 8 cells finished" in capsys.readouterr().out
+    assert "- baseline--strength-4--seed1: missing" in (tmp_path / "ledger" / "report.md").read_text()
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["sweep", "--config", str(path), "--cells", "baseline--*", "ppo--*"])
+    assert stopped.value.code == 2
+    assert "--cells 'ppo--*' matches no cell of the grid" in capsys.readouterr().err
+    assert len(runs_logged(tmp_path)) == 5  # a pattern that matches nothing stops the sweep before any cell runs
+
+
 def test_sigterm_stops_the_running_cell_keeps_the_finished_ones_and_a_rerun_completes(tmp_path):
     path = write_grid(tmp_path, base={"prompts": 64, "hold_seconds": 1.5})
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}

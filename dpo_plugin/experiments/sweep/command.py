@@ -1,9 +1,11 @@
-"""`dpo-plugin sweep --config recipes/experiments/<name>.yaml [--max_minutes M] [--report]`: run a grid of cells
-one after another, keep each finished cell in the ledger, and report from whatever is finished.
+"""`dpo-plugin sweep --config recipes/experiments/<name>.yaml [--cells PATTERN ...] [--max_minutes M] [--report]`: run
+a grid of cells one after another, keep each finished cell in the ledger, and report from whatever is finished.
 
 Before anything runs, every cell's settings are worked out (a bad value is one line naming it); cells whose file holds
 the same settings are skipped, the rest run in the grid's order, each in its own folder under `output_dir/cells/`
-(what an interrupted attempt left there is cleared first: a cell always runs from its start). `--max_minutes M`
+(what an interrupted attempt left there is cleared first: a cell always runs from its start). `--cells` runs only
+the cells whose names match one of the shell patterns, pattern by pattern in the order given (so the cells a claim
+needs first can run first); the report still covers the whole grid. `--max_minutes M`
 starts no new cell once M minutes have passed and exits 0. SIGTERM or SIGINT stops the running cell at the end of
 its optimizer step (it is not recorded) or, between training and the end of its evaluation, once the cell is
 recorded; the sweep then writes the report and exits 128 + the signal. `--report` only builds the report.
@@ -12,6 +14,7 @@ recorded; the sweep then writes the report and exits 128 + the signal. `--report
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import shutil
 import sys
@@ -40,7 +43,7 @@ def sweep(argv: list[str]) -> dict:
         raise ConfigError("two cells of the grid have the same name: give each arm's settings distinct values.")
     settings = {cell.id: runner.settings(cell.values) for cell in cells}
     ledger = Ledger(grid.ledger_dir)
-    todo = [cell for cell in cells if ledger.finished(cell, settings[cell.id]) is None]
+    todo = [cell for cell in _selected(cells, args.cells) if ledger.finished(cell, settings[cell.id]) is None]
     stopped_by = None
     if not args.report:
         stopped_by = _run(grid, runner, ledger, settings, cells, todo, args.max_minutes)
@@ -58,6 +61,21 @@ def sweep(argv: list[str]) -> dict:
     if stopped_by is not None:
         sys.exit(128 + stopped_by)
     return {"finished": len(records), "cells": len(cells)}
+
+
+def _selected(cells: list, patterns: list[str] | None) -> list:
+    """The cells matching the patterns, in pattern order then grid order; all cells when no pattern is given."""
+    if not patterns:
+        return cells
+    chosen = []
+    for pattern in patterns:
+        matches = [cell for cell in cells if fnmatch.fnmatchcase(cell.id, pattern) and cell not in chosen]
+        if not matches and not any(fnmatch.fnmatchcase(cell.id, pattern) for cell in cells):
+            raise ConfigError(
+                f"--cells {pattern!r} matches no cell of the grid; cell names are <arm>--<setting>--seed<s>."
+            )
+        chosen += matches
+    return chosen
 
 
 def _run(grid, runner, ledger, settings, cells, todo, max_minutes) -> int | None:
@@ -96,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config", required=True, help="The grid file, e.g. recipes/experiments/online_vs_offline.yaml."
+    )
+    parser.add_argument(
+        "--cells", nargs="+", metavar="PATTERN", help="Run only the cells whose names match (shell patterns, in order)."
     )
     parser.add_argument("--max_minutes", type=float, help="Start no new cell after this many minutes; exit 0.")
     parser.add_argument("--report", action="store_true", help="Only build the report from the finished cells.")
