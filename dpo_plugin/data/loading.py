@@ -18,18 +18,19 @@ LOCAL_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parqu
 
 
 def load_prompt_dataset(name: str, split: str, config: str | None = None, **hub_options) -> Dataset:
-    """The ``prompt`` column of ``split`` of ``name``, found as `load_preference_dataset` finds data: a prompt-only
-    dataset (a ``prompt`` column of strings or conversations, as TRL's online trainers take), or the prompts of a
-    preference dataset in any accepted format."""
+    """The prompts of ``split`` of ``name``, found as `load_preference_dataset` finds data: a prompt-only dataset (a
+    ``prompt`` column of strings or conversations, as TRL's online trainers take, with its other columns, which TRL
+    passes to reward functions), or the ``prompt`` column of a preference dataset in any accepted format."""
     return load_preference_dataset(name, split, config, normalize=prompts_only, **hub_options)
 
 
 def prompts_only(dataset: Dataset) -> Dataset:
-    """The ``prompt`` column of a prompt-only or preference dataset (``ValueError`` naming the formats if neither)."""
+    """A prompt-only dataset as it is, or the ``prompt`` column of a preference dataset (``ValueError`` naming the
+    formats if neither)."""
     if "prompt" in dataset.column_names and not {"chosen", "rejected"} & set(dataset.column_names):
         if len(dataset) == 0:
             raise UserError("The prompt-only dataset has no rows.")
-        return dataset.select_columns(["prompt"])
+        return dataset
     return normalize_preference_dataset(dataset).select_columns(["prompt"])
 
 

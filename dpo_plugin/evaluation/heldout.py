@@ -116,6 +116,7 @@ def sampled_completions(
         vectorization_mode="vector_entry_point",
         dataset=[{"prompt": prompt} for prompt in prompts],
         reward_fn=dict(rewards),
+        processing_class=sampler.tokenizer,
     )
     observations, _ = env.reset(seed=seed)
     torch.manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from ..training.config import PreferenceConfig
@@ -27,6 +28,10 @@ ONLINE_RULES = {
         lambda weights: all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights),
         "be a list of numbers, one per reward function",
     ),
+    "min_p": number_in(0.0, 1.0, "(unset: off)"),
+    "repetition_penalty": number_above(0.0, "(1: off)"),
+    "missing_eos_penalty": number_at_least(0.0, "(subtracted from the reward of a completion without EOS)"),
+    "generation_kwargs": Rule(lambda value: isinstance(value, dict), "be a mapping of generate() keyword arguments"),
 }
 
 
@@ -39,6 +44,14 @@ class OnlinePreferenceConfig(PreferenceConfig):
     `pair_rule` (dropping gaps of 0 or below `min_reward_margin`) and trains `epochs_per_round` passes over them with
     the configured objective (`loss_type`, as in `PreferenceConfig`). The reference is the initial policy
     (`reference_update: fixed`) or the policy at the start of each round (`previous_round`).
+
+    Every field of TRL's `OnlineDPOConfig` is accepted: the sampling keys (`max_new_tokens`, `temperature`,
+    `top_p`, `top_k`, `min_p`, `repetition_penalty`, `cache_implementation`, then `generation_kwargs` over them) and
+    `missing_eos_penalty` act as in TRL; a one-element `beta` list is its value; `use_vllm: true` is refused by the
+    trainer and the recipe parser (the plugin samples with transformers' `generate`); the other vLLM keys and
+    `ds3_gather_for_generation` have no effect. `max_steps` > 0 ends the run at that many optimizer steps in all,
+    or at `rounds`, whichever comes first. The defaults that differ from `OnlineDPOConfig`'s (`max_new_tokens` 48,
+    `temperature` 1.0: π itself, `learning_rate` 1e-6) are the plugin's.
     """
 
     rounds: int = field(default=3, metadata={"help": "Rounds of sample → rank → train."})
@@ -77,8 +90,45 @@ class OnlinePreferenceConfig(PreferenceConfig):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (default: 1 each); the reward is their sum."}
     )
+    min_p: float | None = field(default=None, metadata={"help": "Min-p sampling (unset: off), as in TRL."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "generate()'s repetition penalty (1.0: off)."})
+    cache_implementation: str | None = field(default=None, metadata={"help": "generate()'s KV-cache implementation."})
+    generation_kwargs: dict | None = field(
+        default=None, metadata={"help": "More generate() keyword arguments, over the sampling keys (as in TRL)."}
+    )
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the reward of each sampled completion that does not end in EOS (TRL's)."},
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Not read (as in TRL 1.16): give the reward model in reward_funcs."}
+    )
+    use_vllm: bool = field(default=False, metadata={"help": "Refused when true: the plugin samples with generate()."})
+    ds3_gather_for_generation: bool = field(default=True, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "Accepted for TRL; no effect."})
+    vllm_structured_outputs_regex: str | None = field(default=None, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_gpu_memory_utilization: float = field(default=0.55, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "Accepted for TRL; no effect."})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Accepted for TRL; no effect."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Accepted for TRL; no effect."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "Accepted for TRL; no effect."})
 
     def __post_init__(self):
+        if isinstance(self.beta, (list, tuple)):  # OnlineDPOConfig's form: one β per epoch
+            if len(self.beta) != 1:
+                raise ConfigError(
+                    f"beta {self.beta!r}: OnlinePreferenceTrainer takes one β (TRL's per-epoch list is not supported)."
+                )
+            self.beta = self.beta[0]
+        if self.reward_model_path is not None:
+            raise ConfigError(
+                "reward_model_path is not read (TRL's OnlineDPOTrainer does not read it either): put the reward "
+                f"model's path in reward_funcs instead, e.g. reward_funcs: [{self.reward_model_path}]."
+            )
         check(self, ONLINE_RULES)
         if self.reference_update == "previous_round" and self.builds_reference:
             raise ConfigError(
@@ -88,7 +138,29 @@ class OnlinePreferenceConfig(PreferenceConfig):
             )
         super().__post_init__()
 
+    def check_sampler(self) -> None:
+        """`ConfigError` for `use_vllm: true`, at trainer construction as in TRL (the config itself constructs)."""
+        if self.use_vllm:
+            installed = "is not installed" if importlib.util.find_spec("vllm") is None else "is installed, but"
+            raise ConfigError(
+                f"use_vllm: true, and vLLM {installed} OnlinePreferenceTrainer samples with transformers' generate(): "
+                "set use_vllm: false."
+            )
+
     @property
     def generation(self) -> dict:
-        """The sampling settings `generate` takes."""
-        return {key: getattr(self, key) for key in ("max_new_tokens", "temperature", "top_p", "top_k")}
+        """The sampling settings `generate` takes: the sampling keys that are set, then `generation_kwargs` over
+        them (as TRL builds its generation config)."""
+        keys = (
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "cache_implementation",
+        )
+        settings = {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+        if settings["repetition_penalty"] == 1.0:
+            del settings["repetition_penalty"]  # off, as generate() leaves it
+        return settings | (self.generation_kwargs or {})

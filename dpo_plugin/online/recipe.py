@@ -63,14 +63,15 @@ def parse_online_recipe(argv: list[str], prog: str = "dpo-plugin online", extra:
     )
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is required (e.g. smollm2-135m-instruct, the bundled offline model).")
+    config.check_sampler()
     return (script_args, config, model_args, *extra_args)
 
 
 def recipe_prompts(script_args: OnlineScriptArguments, split: str, count: int | None):
-    """The `prompt` column of the first `count` rows (all: None) of one split of the recipe's dataset: a
-    prompt-only dataset, or a preference dataset's prompts."""
+    """The first `count` rows (all: None) of one split of the recipe's dataset: a prompt-only dataset (its other
+    columns kept for the reward functions), or a preference dataset's prompts."""
     rows = load_prompt_dataset(script_args.dataset_name, split, script_args.dataset_config)
-    return first_rows(rows, count).select_columns(["prompt"])
+    return first_rows(rows, count)
 
 
 def build_online_trainer(

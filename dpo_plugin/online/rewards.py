@@ -6,15 +6,20 @@ that is not a finite number) is a one-line `UserError` naming it, not a tracebac
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from dpo_plugin_envs import RewardFn
-from dpo_plugin_envs.completion import checked_rewards
+from dpo_plugin_envs.completion import checked_rewards, reward_components
+from dpo_plugin_envs.reward_calls import RewardCall
 
 from ..data.assets import resolve_model
+from ..data.model_folders import HUB_ID
 from ..evaluation.rewards import RewardModelReward
+from ..trl_private import get_config_model_id
 from ..utils.errors import ConfigError, UserError
 
 # built-in name -> "module:factory", the factory called with the policy's tokenizer (imported only when named)
@@ -40,6 +45,61 @@ def resolve_rewards(specs: Sequence[str], tokenizer, batch_size: int, max_length
     return rewards
 
 
+def trl_reward_functions(
+    reward_funcs, reward_processing_classes, tokenizer, batch_size: int, max_length: int | None
+) -> dict[str, RewardFn]:
+    """Name → reward function for `OnlineDPOTrainer`'s `reward_funcs`: a callable, a reward model (a
+    sequence-classification `nn.Module` with one output, scored on prompt + completion with its entry of
+    `reward_processing_classes`, default its own tokenizer), a string (as a recipe's entry; a `namespace/name` hub id
+    is a reward model, as in TRL), a list of these, or a `{name: callable}` mapping. A list's entries are named by
+    `__name__` (a model by its id), a repeated name numbered."""
+    if reward_funcs is None:
+        raise ConfigError("reward_funcs is required: a reward function, a reward model, or a list of them.")
+    if isinstance(reward_funcs, Mapping):
+        return reward_components(reward_funcs)
+    entries = reward_funcs if isinstance(reward_funcs, list | tuple) else [reward_funcs]
+    classes = reward_processing_classes
+    classes = [None] * len(entries) if classes is None else classes if isinstance(classes, list | tuple) else [classes]
+    if len(classes) != len(entries):
+        raise ConfigError(
+            f"reward_processing_classes has {len(classes)} entries for {len(entries)} reward functions: give one each "
+            "(None for a function)."
+        )
+    rewards: dict[str, RewardFn] = {}
+    for entry, processing_class in zip(entries, classes, strict=True):
+        if isinstance(entry, str):
+            name, fn = _resolve(entry, tokenizer, batch_size, max_length)
+        elif isinstance(entry, torch.nn.Module):
+            name = get_config_model_id(entry.config).split("/")[-1]
+            fn = _reward_model(entry, processing_class, batch_size, max_length)
+        else:
+            name, fn = next(iter(reward_components(entry).items()))
+        rewards[name if name not in rewards else f"{name}_{len(rewards)}"] = fn
+    return rewards
+
+
+def with_trainer_state(rewards: Mapping[str, RewardFn], state) -> dict[str, RewardFn]:
+    """`rewards`, each function that takes `trainer_state` (or `**kwargs`) given `state` with every call, as TRL gives
+    its reward functions the trainer's state (for rewards shaped by the step)."""
+    return {
+        name: functools.partial(fn, trainer_state=state) if RewardCall(name, fn).wants("trainer_state") else fn
+        for name, fn in rewards.items()
+    }
+
+
+def _reward_model(model: torch.nn.Module, tokenizer, batch_size: int, max_length: int | None) -> RewardModelReward:
+    """A reward-model object as TRL prepares it: in eval mode, its tokenizer loaded from its own id when not given,
+    padding with EOS when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return RewardModelReward(model.eval(), tokenizer, batch_size, max_length)
+
+
 def _resolve(spec: str, tokenizer, batch_size: int, max_length: int | None) -> tuple[str, RewardFn]:
     if spec in BUILTIN_REWARDS:
         return spec, _entry_point(BUILTIN_REWARDS[spec], spec)(tokenizer)
@@ -48,9 +108,11 @@ def _resolve(spec: str, tokenizer, batch_size: int, max_length: int | None) -> t
         return folder.name, RewardModelReward.from_pretrained(str(folder), batch_size, max_length)
     if ":" in spec:
         return spec.rpartition(":")[2], _entry_point(spec, spec)
+    if "/" in spec and HUB_ID.fullmatch(spec):
+        return spec.split("/")[-1], RewardModelReward.from_pretrained(spec, batch_size, max_length)
     raise ConfigError(
         f"reward_funcs entry {spec!r} is neither a built-in reward ({', '.join(BUILTIN_REWARDS)}), a reward-model "
-        "folder, nor a module:function string."
+        "folder or hub id, nor a module:function string."
     )
 
 
@@ -66,12 +128,13 @@ def _entry_point(target: str, spec: str):
 
 
 def checked(name: str, fn: RewardFn) -> RewardFn:
-    """`fn`, with any failure inside it, or output that is not one finite reward per completion, a `UserError` that
-    names it."""
+    """`fn`, called in its own convention (TRL's keywords or two positional arguments), with any failure inside it,
+    or output that is not one finite reward per completion, a `UserError` that names it."""
+    call = RewardCall(name, fn)
 
-    def reward(prompts: list[str], completions: list[str]) -> list[float]:
+    def reward(prompts: list[str], completions: list[str], **extras) -> list[float]:
         try:
-            output = fn(prompts, completions)
+            output = call(prompts, completions, **extras)
         except Exception as error:  # the user's code: its failure is a one-line error naming it
             raise UserError(f"reward function {name!r} raised {type(error).__name__}: {error}") from error
         try:

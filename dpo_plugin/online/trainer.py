@@ -12,25 +12,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
-from dpo_plugin_envs.completion import reward_components
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    PrinterCallback,
+    ProgressCallback,
+    TrainerCallback,
+    TrainerState,
+)
 from trl.data_utils import maybe_apply_chat_template
 
 from ..evaluation.evaluator import HeldoutEvaluator
-from ..evaluation.policies import CompletionSampler
+from ..evaluation.policies import PURE_SAMPLING, CompletionSampler
 from ..evaluation.scoring import SequenceScorer, prompt_token_ids
 from ..training.interruption import StopSignals
 from ..training.reference import frozen_copy
@@ -41,6 +49,7 @@ from ..utils.errors import ConfigError, UserError
 from ..utils.modes import in_eval_mode
 from .config import OnlinePreferenceConfig
 from .pairs import group_pairs
+from .rewards import trl_reward_functions, with_trainer_state
 from .rollout import RoundSamples, sample_groups
 
 logger = logging.getLogger("dpo_plugin")
@@ -48,13 +57,17 @@ logger = logging.getLogger("dpo_plugin")
 ROUND_FILE = "round.json"  # a round folder's metrics; written last, so its presence marks the round complete
 START_EVAL_FILE = "start_eval.json"  # the held-out evaluation before the first round
 REF_ADAPTER = "ref"  # the adapter TRL's DPOTrainer copies a PEFT policy's adapters into, its reference
-TRAINING_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+TRAINING_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
 class OnlinePreferenceTrainer:
-    """Train `model` on-policy: `reward_funcs` (a callable `reward_fn(prompts, completions) -> list[float]`, a list
-    of them, or a `{name: fn}` mapping, weighted by `args.reward_weights`) rank its samples of the prompts of
-    `train_dataset` (a `prompt` column, strings or conversations), round after round (`OnlinePreferenceConfig`).
+    """Train `model` on-policy: `reward_funcs` rank its samples of the prompts of `train_dataset` (a `prompt` column,
+    strings or conversations; its other columns go to the reward functions), round after round
+    (`OnlinePreferenceConfig`). The arguments are `OnlineDPOTrainer`'s, in its order (`docs/online.md`): reward
+    functions called as TRL calls them (`reward_fn(prompts=..., completions=..., completion_ids=..., **columns)`, or
+    `reward_fn(prompts, completions)`), reward models with `reward_processing_classes`, a list of these or a
+    `{name: fn}` mapping, weighted by `args.reward_weights`; `data_collator`, `compute_metrics`, `optimizers` and
+    `preprocess_logits_for_metrics` are refused (each round trains a fresh `PreferenceTrainer`).
 
     `ref_model`: an explicit fixed reference; default the initial policy (a LoRA policy's base, adapters off; a
     full-parameter policy's frozen copy), or what the config's `ref_*` keys load. `self.rounds` holds each round's
@@ -70,14 +83,19 @@ class OnlinePreferenceTrainer:
         self,
         model,
         ref_model: torch.nn.Module | None = None,
-        reward_funcs: Callable | Sequence[Callable] | Mapping[str, Callable] | None = None,
+        reward_funcs=None,
         args: OnlinePreferenceConfig | None = None,
+        data_collator=None,
         train_dataset: Dataset | None = None,
         eval_dataset: Dataset | None = None,
         processing_class=None,
+        reward_processing_classes=None,
         peft_config=None,
+        compute_metrics=None,
         callbacks=None,
-        eval_reward_funcs: Callable | Sequence[Callable] | Mapping[str, Callable] | None = None,
+        optimizers=(None, None),
+        preprocess_logits_for_metrics=None,
+        eval_reward_funcs=None,
         eval_fn: Callable[[torch.nn.Module, int], dict] | None = None,
     ):
         model_id = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -87,16 +105,46 @@ class OnlinePreferenceTrainer:
             raise ConfigError(
                 f"args is a {type(args).__name__}: OnlinePreferenceTrainer takes a dpo_plugin.OnlinePreferenceConfig."
             )
+        args.check_sampler()
+        if ref_model is not None and ref_model is model:
+            raise ConfigError(
+                "model and ref_model are the same object: omit ref_model (the reference is then the initial policy)."
+            )
         if ref_model is not None and args.reference_update != "fixed":
             raise ConfigError("A ref_model passed in is a fixed reference: set reference_update: fixed.")
+        unsupported = {
+            "data_collator": data_collator is not None,
+            "compute_metrics": compute_metrics is not None,
+            "optimizers": tuple(optimizers) != (None, None),
+            "preprocess_logits_for_metrics": preprocess_logits_for_metrics is not None,
+        }
+        if any(unsupported.values()):
+            names = ", ".join(name for name, given in unsupported.items() if given)
+            raise ConfigError(
+                f"{names}: OnlinePreferenceTrainer trains each round with a fresh PreferenceTrainer and takes none of "
+                "these; leave them unset (each round's optimizer is built from args)."
+            )
         self.args = args
-        self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model_id)
-        self.rewards, self.reward_weights = _reward_functions(reward_funcs, args.reward_weights)
-        self.prompts = prompt_texts(train_dataset, self.tokenizer)
+        self.processing_class = self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model_id)
+        resolve = functools.partial(
+            trl_reward_functions,
+            tokenizer=self.tokenizer,
+            batch_size=args.per_device_eval_batch_size,
+            max_length=args.max_length,
+        )
+        self.rewards = resolve(reward_funcs, reward_processing_classes)
+        self.reward_funcs, self.reward_func_names = list(self.rewards.values()), list(self.rewards)
+        self.reward_weights = _reward_weights(args.reward_weights, len(self.rewards))
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.prompt_rows = prompt_rows(train_dataset, self.tokenizer)
         if eval_fn is None and eval_dataset is not None:
-            eval_rewards = _reward_functions(eval_reward_funcs, None)[0] if eval_reward_funcs else self.rewards
-            eval_fn = HeldoutSampling(self, prompt_texts(eval_dataset, self.tokenizer), eval_rewards)
+            eval_rewards = resolve(eval_reward_funcs, None) if eval_reward_funcs else self.rewards
+            named = eval_dataset if isinstance(eval_dataset, Mapping) else {"": eval_dataset}
+            prompts = {name: prompt_texts(dataset, self.tokenizer) for name, dataset in named.items()}
+            eval_fn = HeldoutSampling(self, prompts, eval_rewards)
         self.eval_fn = eval_fn
+        self.use_vllm = False  # the config refuses use_vllm: the policy samples with generate()
+        self.generation_config = GenerationConfig(**(PURE_SAMPLING | args.generation))
         if isinstance(model, str):
             model = create_model_from_path(model, **(args.model_init_kwargs or {}))
         self.model = model.to(args.device)
@@ -109,6 +157,8 @@ class OnlinePreferenceTrainer:
             ref_model = self.initial
         self.ref_model = ref_model
         self.rounds: list[dict] = []
+        self.state = TrainerState()  # TRL's record of the run: each round's metrics, then the run's summary
+        self.ranking = with_trainer_state(self.rewards, self.state)  # what ranks each round's samples
         self.start_eval: dict | None = None  # the held-out evaluation before the first round
         self.interrupted_by: int | None = None  # the signal that stopped the last `train()`
 
@@ -118,20 +168,44 @@ class OnlinePreferenceTrainer:
         call, an optimizer step; the held-out evaluation and the round's save finish), with every round not saved
         whole left out (`interrupted_by`); running again resumes after the last saved round, exactly."""
         first = self._resume()
+        started = time.perf_counter()
         with StopSignals() as self._stop:
             if first == 0 and self.eval_fn is not None:
                 self.start_eval = self.eval_fn(self.model, -1)
                 write_json(Path(self.args.output_dir) / START_EVAL_FILE, self.start_eval)
             rounds = range(first, self.args.rounds)
             for index in tqdm(rounds, desc="Rounds", unit="round", disable=self.args.disable_tqdm or not rounds):
+                if self._steps_left() == 0:
+                    break
                 metrics = self._round(index) if self._stop.received is None else None
                 if metrics is not None:
                     self.rounds.append(metrics)
+                    self._log(metrics)
                 if self.interrupted_by is None and self._stop.received is not None:
                     self.interrupted_by = self._stop.received
                 if self.interrupted_by is not None:
                     break
+        if self.interrupted_by is None:
+            self._log_summary(time.perf_counter() - started)
         return self.rounds
+
+    def _steps_left(self) -> int | None:
+        """Optimizer steps left under `max_steps` (None when unset): the run ends at `rounds` rounds or `max_steps`
+        optimizer steps in all, whichever comes first."""
+        return max(self.args.max_steps - self.state.global_step, 0) if self.args.max_steps > 0 else None
+
+    def _log(self, metrics: dict) -> None:
+        """A round's metrics into `state.log_history`, at the optimizer steps trained so far (as TRL logs)."""
+        self.state.global_step += metrics.get("steps", 0)
+        self.state.log_history.append({**metrics, "step": self.state.global_step})
+
+    def _log_summary(self, seconds: float) -> None:
+        """The run's last `log_history` entry, as `Trainer.train` ends it: `train_loss` (the mean loss over every
+        optimizer step of every round; NaN when no round had a pair), `train_runtime`, `step`."""
+        steps = [(entry["loss"], entry["steps"]) for entry in self.rounds if entry.get("steps")]
+        loss = sum(value * count for value, count in steps) / sum(count for _, count in steps) if steps else math.nan
+        summary = {"train_runtime": round(seconds, 2), "train_loss": loss, "step": self.state.global_step}
+        self.state.log_history.append(summary | {"rounds": len(self.rounds)})
 
     def save_model(self, folder: str | Path) -> None:
         """The policy (LoRA: its adapters) and tokenizer, published whole in `folder`."""
@@ -145,7 +219,7 @@ class OnlinePreferenceTrainer:
     def _round(self, index: int) -> dict | None:
         args, seed = self.args, self.args.seed + index
         ref_model = self._round_reference(index)
-        samples = self._sample(self._round_prompts(index), seed)
+        samples = self._sample(self._round_rows(index), seed)
         if self._stop.received is not None:
             return None
         rng = np.random.default_rng(seed)
@@ -178,24 +252,25 @@ class OnlinePreferenceTrainer:
         self._save_round(index, metrics)
         return metrics
 
-    def _round_prompts(self, index: int) -> list[str]:
-        """Round `index`'s prompts: the next `prompts_per_round` of one shuffled pass over the prompts (seeded by
+    def _round_rows(self, index: int) -> list[dict]:
+        """Round `index`'s prompt rows: the next `prompts_per_round` of one shuffled pass over the rows (seeded by
         `seed`), wrapping around."""
-        order = np.random.default_rng(self.args.seed).permutation(len(self.prompts))
+        order = np.random.default_rng(self.args.seed).permutation(len(self.prompt_rows))
         start = index * self.args.prompts_per_round
-        return [self.prompts[order[i % len(order)]] for i in range(start, start + self.args.prompts_per_round)]
+        return [self.prompt_rows[order[i % len(order)]] for i in range(start, start + self.args.prompts_per_round)]
 
-    def _sample(self, prompts: list[str], seed: int) -> RoundSamples:
+    def _sample(self, rows: list[dict], seed: int) -> RoundSamples:
         with in_eval_mode(self.model) as policy:
             sampler = CompletionSampler(policy, self.tokenizer, self.args.generation, self._autocast)
             return sample_groups(
                 sampler,
-                sorted_by_length(prompts, self.tokenizer),
-                self.rewards,
-                self.reward_weights,
+                sorted_by_length(rows, self.tokenizer),
+                self.ranking,
+                dict(zip(self.rewards, self.args.reward_weights, strict=True)) if self.args.reward_weights else None,
                 self.args.samples_per_prompt,
                 self.args.sampling_batch_size,
                 seed,
+                missing_eos_penalty=self.args.missing_eos_penalty,
                 progress=not self.args.disable_tqdm,
                 should_stop=lambda: self._stop.received is not None,
             )
@@ -225,8 +300,9 @@ class OnlinePreferenceTrainer:
         return log_ratios.mean().item()
 
     def _train_on(self, pairs: Dataset, ref_model: torch.nn.Module | None, seed: int) -> dict | None:
-        """`epochs_per_round` passes of a `PreferenceTrainer` over the round's pairs; the mean of its logged
-        training metrics, or None when SIGTERM/SIGINT stopped it."""
+        """`epochs_per_round` passes of a `PreferenceTrainer` over the round's pairs: its loss averaged over its
+        optimizer steps, the mean of its logged reward metrics and its step count; None when SIGTERM/SIGINT stopped
+        it."""
         args = dataclasses.replace(
             self.args,
             output_dir=str(Path(self.args.output_dir) / ".round-training"),
@@ -253,7 +329,9 @@ class OnlinePreferenceTrainer:
         for printing in (ProgressCallback, PrinterCallback):  # a bar of the round's steps, not a line per step
             trainer.remove_callback(printing)
         trainer.add_callback(StepBar(disable=self.args.disable_tqdm))
-        trainer.train()
+        if self._steps_left() is not None:
+            trainer.add_callback(StepBudget(self._steps_left()))
+        output = trainer.train()
         self.model = trainer.accelerator.unwrap_model(trainer.model)
         shutil.rmtree(args.output_dir, ignore_errors=True)  # the round's trainer keeps nothing a round needs
         if trainer.interrupted_by is not None:
@@ -264,7 +342,7 @@ class OnlinePreferenceTrainer:
             key: statistics.fmean(entry[key] for entry in logged if key in entry)
             for key in TRAINING_KEYS
             if any(key in entry for entry in logged)
-        } | {"steps": trainer.state.global_step}
+        } | {"loss": output.training_loss, "steps": trainer.state.global_step}
 
     def _base_context(self):
         """A LoRA policy's base: the training precision, its adapters off."""
@@ -323,14 +401,24 @@ class OnlinePreferenceTrainer:
 
 
 class HeldoutSampling:
-    """`trainer`'s built-in held-out evaluation: one completion of each of `prompts` sampled from its policy (seed 0
-    every call: rounds differ by the policy, not the draw), the mean of each of `rewards` and KL(π_θ ‖ π_0), each
-    with its standard error over the prompts (`<name>_se`)."""
+    """`trainer`'s built-in held-out evaluation: one completion of each prompt of each named prompt list sampled
+    from its policy (seed 0 every call: rounds differ by the policy, not the draw), the mean of each of `rewards` and
+    KL(π_θ ‖ π_0), each with its standard error over the prompts (`<key>_se`); the keys of a list named `name`
+    (an `eval_dataset` mapping's key; "" for a single dataset) start with `name/`."""
 
-    def __init__(self, trainer: OnlinePreferenceTrainer, prompts: list[str], rewards: Mapping[str, Callable]):
+    def __init__(
+        self, trainer: OnlinePreferenceTrainer, prompts: Mapping[str, list[str]], rewards: Mapping[str, Callable]
+    ):
         self.trainer, self.prompts, self.rewards = trainer, prompts, rewards
 
     def __call__(self, policy: torch.nn.Module, round_index: int) -> dict:
+        return {
+            (f"{name}/{key}" if name else key): value
+            for name, prompts in self.prompts.items()
+            for key, value in self._evaluate(policy, prompts).items()
+        }
+
+    def _evaluate(self, policy: torch.nn.Module, prompts: list[str]) -> dict:
         trainer = self.trainer
         if trainer.lora and not is_peft_model(policy):  # a LoRA policy before its adapters: its own start
             start = (policy, trainer._autocast)
@@ -338,10 +426,21 @@ class HeldoutSampling:
             start = (policy, trainer._base_context) if trainer.lora else (trainer.initial, trainer._autocast)
         batch_size = trainer.args.per_device_eval_batch_size
         evaluator = HeldoutEvaluator((policy, trainer._autocast), start, trainer.tokenizer, batch_size)
-        report = evaluator.samples(self.prompts, self.rewards, trainer.args.generation, seed=0)
+        report = evaluator.samples(prompts, self.rewards, trainer.args.generation, seed=0)
         values = {**{f"reward/{name}": value for name, value in report.rewards.items()}, "kl": report.kl}
         names = {**{name: f"reward/{name}" for name in report.rewards}, "kl": "kl"}
         return values | {f"{names[key]}_se": error for key, error in report.standard_errors.items()}
+
+
+class StepBudget(TrainerCallback):
+    """Stops a round's training once it has taken `steps` optimizer steps (what is left of `max_steps`)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
 
 
 class StepBar(TrainerCallback):
@@ -361,10 +460,10 @@ class StepBar(TrainerCallback):
         self.bar.close()
 
 
-def sorted_by_length(prompts: list[str], tokenizer) -> list[str]:
-    """`prompts`, longest first in tokens (a stable sort): the prompts a sampling call batches together are of about
-    one length, so little of each call is padding."""
-    return sorted(prompts, key=lambda prompt: -len(prompt_token_ids(tokenizer, prompt)))
+def sorted_by_length(rows: list[dict], tokenizer) -> list[dict]:
+    """Prompt `rows`, longest prompt first in tokens (a stable sort): the prompts a sampling call batches together
+    are of about one length, so little of each call is padding."""
+    return sorted(rows, key=lambda row: -len(prompt_token_ids(tokenizer, row["prompt"])))
 
 
 def _drop_ref_adapter(model) -> None:
@@ -390,25 +489,22 @@ def _sample_metrics(samples: RoundSamples, eos_id: int | None) -> dict:
     }
 
 
-def _reward_functions(reward_funcs, weights: list[float] | None) -> tuple[dict, dict | None]:
-    """Name → reward function (a list's functions named by `__name__`, a repeated name numbered), and name →
-    weight from the config's list."""
-    if reward_funcs is None:
-        raise ConfigError("reward_funcs is required: a reward_fn(prompts, completions) -> list[float], or several.")
-    if callable(reward_funcs) or isinstance(reward_funcs, Mapping):
-        rewards = reward_components(reward_funcs)
-    else:
-        rewards = {}
-        for fn in reward_funcs:
-            name = next(iter(reward_components(fn)))
-            rewards[name if name not in rewards else f"{name}_{len(rewards)}"] = fn
+def _reward_weights(weights: list[float] | None, count: int) -> torch.Tensor:
+    """One weight per reward function, as TRL holds them (ones when the config gives none)."""
     if weights is None:
-        return rewards, None
-    if len(weights) != len(rewards):
-        raise ConfigError(
-            f"reward_weights has {len(weights)} weights for {len(rewards)} reward functions: give one each."
-        )
-    return rewards, dict(zip(rewards, weights, strict=True))
+        return torch.ones(count)
+    if len(weights) != count:
+        raise ConfigError(f"reward_weights has {len(weights)} weights for {count} reward functions: give one each.")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def prompt_rows(dataset: Dataset | None, tokenizer) -> list[dict]:
+    """The dataset's rows with their prompts as the policy completes them (`prompt_texts`) and every other column
+    as it is: what the reward functions get, as TRL passes a dataset's columns."""
+    texts = prompt_texts(dataset, tokenizer)
+    others = [name for name in dataset.column_names if name != "prompt"]
+    columns = {name: dataset[name] for name in others}
+    return [{"prompt": text, **{name: values[i] for name, values in columns.items()}} for i, text in enumerate(texts)]
 
 
 def prompt_texts(dataset: Dataset | None, tokenizer) -> list[str]:

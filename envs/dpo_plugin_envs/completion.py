@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 
 from .one_step import Episode, OneStepEnv, OneStepTask, OneStepVectorEnv
+from .reward_calls import reward_calls
 from .source import DatasetRows
 from .spaces import UnicodeText
 
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+# `fn(prompts=..., completions=..., completion_ids=..., **columns)` (TRL's convention) or `fn(prompts, completions)`
+RewardFn = Callable[..., Sequence[float]]
 
 
 def reward_components(reward_fn: RewardFn | Mapping[str, RewardFn]) -> dict[str, RewardFn]:
@@ -61,7 +63,8 @@ def checked_rewards(name: str, output: Any, count: int) -> list[float]:
 
 
 class CompletionTask(OneStepTask):
-    """Episodes over prompt rows, scored by weighted reward functions called once per batch of completions."""
+    """Episodes over prompt rows, scored by weighted reward functions called once per batch of completions, with
+    the rows' other columns and (given `processing_class`) the completions' token ids as TRL passes them."""
 
     kind = "prompt"
     action_type = str
@@ -74,10 +77,15 @@ class CompletionTask(OneStepTask):
         reward_weights: Mapping[str, float] | None,
         max_prompt_length: int | None,
         max_completion_length: int,
+        processing_class: Any = None,
     ) -> None:
-        self.reward_fns = reward_components(reward_fn)
+        self.reward_fns = reward_calls(reward_components(reward_fn))
         self.weights = component_weights(list(self.reward_fns), reward_weights)
-        super().__init__(DatasetRows(dataset, ("prompt",)), order)
+        super().__init__(DatasetRows(dataset, ("prompt",), keep_other_columns=True), order)
+        self.processing_class = processing_class
+        available = [*self.rows.other_columns, *(["completion_ids"] if processing_class is not None else [])]
+        for call in self.reward_fns.values():
+            call.check_available(available)
         self.observation_space = UnicodeText(self.rows.length_bound(max_prompt_length, "max_prompt_length"))
         self.action_space = UnicodeText(max_completion_length)
         self.action_help = f"pass the completion, a str of at most max_completion_length={max_completion_length} chars."
@@ -86,10 +94,14 @@ class CompletionTask(OneStepTask):
         return Episode(row, self.rows.columns["prompt"][row])
 
     def score(self, episodes: Sequence[Episode], actions: Sequence[str]) -> tuple[list[float], list[dict[str, Any]]]:
-        prompts = [episode.observation for episode in episodes]
+        prompts, completions = [episode.observation for episode in episodes], list(actions)
+        rows = [episode.row for episode in episodes]
+        extras = {name: [values[row] for row in rows] for name, values in self.rows.other_columns.items()}
+        if self.processing_class is not None and any(call.wants("completion_ids") for call in self.reward_fns.values()):
+            extras["completion_ids"] = self.processing_class(completions, add_special_tokens=False)["input_ids"]
         scores = {
-            name: checked_rewards(name, fn(list(prompts), list(actions)), len(actions))
-            for name, fn in self.reward_fns.items()
+            name: checked_rewards(name, call(prompts, completions, **extras), len(actions))
+            for name, call in self.reward_fns.items()
         }
         components = [{name: values[i] for name, values in scores.items()} for i in range(len(episodes))]
         rewards = [sum(self.weights[name] * value for name, value in parts.items()) for parts in components]
@@ -124,9 +136,13 @@ class CompletionEnv(OneStepEnv):
 
     ## Rewards
 
-    Σ_k w_k · r_k over the reward components k: `r_k = reward_fn_k(prompts, completions)[i]`, each component
-    called once per step with all of that step's prompts and completions (here lists of one), `w_k` from
+    Σ_k w_k · r_k over the reward components k: `r_k = reward_fn_k(prompts=..., completions=..., ...)[i]`, each
+    component called once per step with all of that step's prompts and completions (here lists of one), `w_k` from
     `reward_weights` (default 1.0). Step info holds the unweighted `"reward_components"` ({name: float}).
+    Reward functions are called as TRL calls them (`reward_calls.py`): by keyword, with `completion_ids` (the
+    completions tokenized by `processing_class`, without special tokens) and each other column of the dataset as a
+    list, whichever the function takes; a function that names neither `prompts` and `completions` nor `**kwargs`
+    is called positionally, `reward_fn(prompts, completions)`.
 
     ## Starting State
 
@@ -142,13 +158,15 @@ class CompletionEnv(OneStepEnv):
     ## Arguments
 
     - `dataset`: a `datasets.Dataset` or a sequence of mappings with a string column `prompt` (conversational
-      rows must be rendered to text first), and optionally `id`.
-    - `reward_fn`: `reward_fn(prompts: list[str], completions: list[str]) -> Sequence[float]`, or a mapping of
-      component names to such functions. A single function's component is named by its `__name__`, or "reward".
+      rows must be rendered to text first), optionally `id`, and any other columns (passed to reward functions).
+    - `reward_fn`: `reward_fn(prompts, completions, completion_ids, **kwargs) -> Sequence[float]` (TRL's form) or
+      `reward_fn(prompts, completions)`, or a mapping of component names to such functions. A single function's
+      component is named by its `__name__`, or "reward".
     - `order`: `"sequential"` (default) or `"random"`.
     - `reward_weights`: component name -> weight; unnamed components weigh 1.0.
     - `max_prompt_length`: the bound L of the observation space; None for the longest prompt.
     - `max_completion_length`: the longest completion the action space holds (default 4096 characters).
+    - `processing_class`: a tokenizer; with it, reward functions that take `completion_ids` get them.
     - `render_mode`: None or `"ansi"` (the prompt and, after the step, the completion and its reward).
 
     ## Example
@@ -173,7 +191,9 @@ class CompletionEnv(OneStepEnv):
 
     * v0: Initial version, registered as `dpo_plugin/Completion-v0` (vector entry point `CompletionVectorEnv`):
       one-step episodes over prompt rows, the completion `str` as the action, the reward a weighted sum of reward
-      functions' scores, rows in sequential or random order.
+      functions' scores, rows in sequential or random order. Later gained TRL's calling convention for reward
+      functions (keywords, `completion_ids` with `processing_class`, extra columns); two-positional functions are
+      called as before.
     """
 
     def __init__(
@@ -185,8 +205,11 @@ class CompletionEnv(OneStepEnv):
         max_prompt_length: int | None = None,
         max_completion_length: int = 4096,
         render_mode: str | None = None,
+        processing_class: Any = None,
     ) -> None:
-        task = CompletionTask(dataset, reward_fn, order, reward_weights, max_prompt_length, max_completion_length)
+        task = CompletionTask(
+            dataset, reward_fn, order, reward_weights, max_prompt_length, max_completion_length, processing_class
+        )
         super().__init__(task, render_mode)
 
 
@@ -246,6 +269,9 @@ class CompletionVectorEnv(OneStepVectorEnv):
         max_prompt_length: int | None = None,
         max_completion_length: int = 4096,
         group_size: int = 1,
+        processing_class: Any = None,
     ) -> None:
-        task = CompletionTask(dataset, reward_fn, order, reward_weights, max_prompt_length, max_completion_length)
+        task = CompletionTask(
+            dataset, reward_fn, order, reward_weights, max_prompt_length, max_completion_length, processing_class
+        )
         super().__init__(num_envs, task, group_size)

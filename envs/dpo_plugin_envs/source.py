@@ -19,10 +19,11 @@ class DatasetRows:
     """String columns of a `datasets.Dataset` or a sequence of mappings, read once into Python lists.
 
     Raises ValueError for an empty dataset or a missing column, TypeError for a value that is not a `str`.
-    `ids[i]` is row i's `id` column as a string when the dataset has one, else `str(i)`.
+    `ids[i]` is row i's `id` column as a string when the dataset has one, else `str(i)`. With `keep_other_columns`,
+    `other_columns` holds every other column (any values, `id` included) as it is; otherwise it is empty.
     """
 
-    def __init__(self, dataset: Any, columns: Sequence[str]) -> None:
+    def __init__(self, dataset: Any, columns: Sequence[str], keep_other_columns: bool = False) -> None:
         self.columns: dict[str, list[str]] = {}
         names = _column_names(dataset)
         if len(dataset) == 0:
@@ -38,6 +39,8 @@ class DatasetRows:
                         f"Row {index}, column {column!r}: expected a string, found {type(value).__name__}. {CHAT_HINT}"
                     )
             self.columns[column] = values
+        others = [name for name in names if name not in columns] if keep_other_columns else []
+        self.other_columns: dict[str, list[Any]] = {name: _read_column(dataset, name, names) for name in others}
         ids = _read_column(dataset, "id", names) if "id" in names else range(len(dataset))
         self.ids: list[str] = [str(value) for value in ids]
 

@@ -14,6 +14,7 @@ from dpo_plugin_envs import CompletionEnv, PreferencePairsEnv, UnicodeText, regi
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
+from helpers import make_tokenizer
 
 PAIRS = "dpo_plugin/PreferencePairs-v0"
 COMPLETION = "dpo_plugin/Completion-v0"
@@ -332,6 +333,46 @@ def test_completion_vector_env_calls_each_reward_function_once_per_step_with_the
     vector.step(np.array(["a", "b", "c", "d"], dtype=object))  # an object array of strings is fine too
     with pytest.raises(gymnasium.error.InvalidAction, match="expected 4 actions"):
         vector.step(("a", "b", 3, "d"))
+
+
+def test_reward_functions_are_called_in_trls_convention_or_positionally_as_their_signature_asks():
+    """Keywords (TRL's form: `completion_ids` from the processing class, the dataset's other columns as lists, only
+    what the function takes unless it takes **kwargs), or two positional arguments for any other signature."""
+    rows = [{"prompt": p, "answer": c, "id": f"row-{i}"} for i, (p, c, _) in enumerate(ROWS)]
+    calls = {}
+
+    def keywords(prompts, completions, answer):
+        calls["keywords"] = {"prompts": prompts, "answer": answer}
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    def trl_style(completion_ids, **kwargs):
+        calls["trl_style"] = {"ids": completion_ids, "keys": sorted(kwargs)}
+        return [float(len(ids)) for ids in completion_ids]
+
+    def positional(texts, outputs):
+        calls["positional"] = (texts, outputs)
+        return [0.0] * len(outputs)
+
+    tokenizer = make_tokenizer()
+    env = gymnasium.make_vec(
+        COMPLETION,
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        dataset=rows,
+        reward_fn={"keywords": keywords, "trl_style": trl_style, "positional": positional},
+        processing_class=tokenizer,
+    )
+    env.reset(seed=0)
+    _, rewards, _, _, infos = env.step((ROWS[0][1], "no"))
+    assert calls["keywords"] == {"prompts": [ROWS[0][0], ROWS[1][0]], "answer": [ROWS[0][1], ROWS[1][1]]}
+    assert calls["trl_style"]["keys"] == ["answer", "completions", "id", "prompts"]
+    assert calls["trl_style"]["ids"] == [
+        tokenizer(text, add_special_tokens=False).input_ids for text in (ROWS[0][1], "no")
+    ]
+    assert calls["positional"] == ([ROWS[0][0], ROWS[1][0]], [ROWS[0][1], "no"])
+    assert infos["final_info"]["reward_components"]["keywords"].tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="requires \\['completion_ids'\\].*pass processing_class"):
+        gymnasium.make(COMPLETION, dataset=rows, reward_fn=lambda prompts, completions, completion_ids: [0.0])
 
 
 def grouped(num_envs, group_size, **kwargs):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pinned_rounds
 import pytest
 from datasets import Dataset
 from helpers import cli_error, make_model, make_pairs, save_checkpoint, tiny_args, write_splits
@@ -287,3 +288,16 @@ def test_a_run_stopped_at_any_moment_resumes_to_the_uninterrupted_result(stop, t
     for ours, theirs in zip(resumed, whole, strict=True):
         for key in set(ours) - set(TIMES):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (ours["round"], key)
+
+
+@pytest.mark.parametrize("name", list(pinned_rounds.RUNS))
+def test_the_pinned_tiny_runs_give_the_same_numbers_round_for_round(name, tmp_path):
+    """`pinned_rounds.json` holds these runs' per-round metrics as the code gave them before the round's
+    restructuring (TRL's calling conventions, one state set up once): a change that alters a number shows here."""
+    pinned = json.loads(pinned_rounds.PINNED.read_text())[name]
+    rounds = pinned_rounds.run(name, tmp_path)
+    assert len(rounds) == len(pinned)
+    for ours, theirs in zip(rounds, pinned, strict=True):
+        assert set(ours) == set(theirs)
+        for key, value in theirs.items():
+            assert ours[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (ours["round"], key)

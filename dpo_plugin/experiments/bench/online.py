@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from dpo_plugin_envs.reward_calls import RewardCall
 
 from ...evaluation.evaluator import HeldoutEvaluator
 from ...online.recipe import build_online_trainer, parse_online_recipe, recipe_prompts
@@ -115,7 +116,7 @@ def _trl(script_args, config, model_args, rewards: dict, evaluate, output_dir: P
     )
     trainer = OnlineDPOTrainer(
         model=policy,
-        reward_funcs=[_trl_convention(name, fn) for name, fn in rewards.items()],
+        reward_funcs=[RewardCall(name, fn) for name, fn in rewards.items()],  # TRL calls them with keywords
         args=trl_config,
         train_dataset=recipe_prompts(script_args, script_args.dataset_train_split, script_args.max_prompts),
         processing_class=tokenizer,
@@ -148,18 +149,6 @@ def _plugin(argv, overrides, evaluate) -> dict:
     row["pairs"] = sum(r["pairs"] for r in rounds)
     evaluation = evaluate(trainer.model, trainer.model.disable_adapter)
     return row | {key: value for key, value in memory.items() if key != "seconds"} | evaluation
-
-
-def _trl_convention(name: str, fn):
-    """`fn(prompts, completions)` as TRL calls a reward function: with keywords, plus `completion_ids` and the
-    dataset's other columns, which it does not use."""
-
-    @functools.wraps(fn)
-    def reward(prompts, completions, **_):
-        return fn(list(prompts), list(completions))
-
-    reward.__name__ = name
-    return reward
 
 
 class _Timer:

@@ -63,6 +63,7 @@ def sampling(argv: list[str]) -> dict:
     model = model.to(config.device).eval()
     rows = recipe_prompts(script_args, script_args.dataset_train_split, bench_args.bench_prompts)
     prompts = prompt_texts(rows, tokenizer)
+    prompt_rows = [{"prompt": prompt} for prompt in prompts]
     rows = [prompt for prompt in prompts for _ in range(config.samples_per_prompt)]
     batch = bench_args.bench_baseline_batch
     device_type = torch.device(config.device).type
@@ -72,7 +73,7 @@ def sampling(argv: list[str]) -> dict:
     runs = {
         "generate": lambda: _in_batches(lambda chunk: _generate(model, tokenizer, chunk, sampler), rows, batch),
         "CompletionSampler": lambda: _in_batches(lambda chunk: _count(sampler.sample(chunk)), rows, batch),
-        "online rounds": lambda: _online_rounds(online, sorted_by_length(prompts, tokenizer), config),
+        "online rounds": lambda: _online_rounds(online, sorted_by_length(prompt_rows, tokenizer), config),
     }
     turns: dict[str, list[list[float]]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -117,10 +118,10 @@ def _generate(model, tokenizer, prompts: list[str], sampler: CompletionSampler) 
     return sum(row.index(eos) + 1 if eos in row else len(row) for row in completions)
 
 
-def _online_rounds(sampler: CompletionSampler, prompts: list[str], config) -> int:
+def _online_rounds(sampler: CompletionSampler, rows: list[dict], config) -> int:
     zero = lambda prompts, completions: [0.0] * len(completions)  # noqa: E731  (ranking is not what is timed)
     samples = sample_groups(
-        sampler, prompts, {"zero": zero}, None, config.samples_per_prompt, config.sampling_batch_size, 0, False
+        sampler, rows, {"zero": zero}, None, config.samples_per_prompt, config.sampling_batch_size, 0, progress=False
     )
     return sum(len(ids) for group in samples.groups for ids in group.completion_ids)
 
