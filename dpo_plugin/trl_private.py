@@ -19,6 +19,11 @@ TRL 1.16 (`trl/trainer/dpo_trainer.py`, `trl/trainer/utils.py`, `trl/models/util
 - `trl.trainer.utils.create_model_from_path`, `get_config_model_id`, `use_adapter`: build a policy given by name,
   name a model's checkpoint, switch a PEFT policy's adapters off for the reference.
 - `trl.models.utils.disable_gradient_checkpointing`: the reference pass runs without it, as TRL's does.
+- `DPOTrainer.__init__` wraps the policy's (a PEFT policy's base model's) and the reference's `forward` with its
+  fused LM head (`trl.trainer.utils.add_fused_lm_head`: an instance attribute `forward` around the previous one), so
+  a trainer built per on-policy round would stack one wrapper per round: `forward_restored` puts each back.
+- `REF_ADAPTER`: given a PEFT policy and no reference, `DPOTrainer.__init__` copies its adapters into an adapter of
+  this name and uses it as the reference (`use_adapter` selects it).
 
 transformers 5 (`transformers/trainer.py`, `transformers/configuration_utils.py`):
 
@@ -32,6 +37,8 @@ transformers 5 (`transformers/trainer.py`, `transformers/configuration_utils.py`
   packing checks the attention implementation).
 """
 
+import contextlib
+
 from trl.data_utils import _tokenize
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
@@ -41,12 +48,31 @@ __all__ = [
     "TRAINER_ATTRIBUTES",
     "create_model_from_path",
     "disable_gradient_checkpointing",
+    "REF_ADAPTER",
+    "forward_restored",
     "get_config_model_id",
     "tokenize_as_trl",
     "use_adapter",
 ]
 
 tokenize_as_trl = _tokenize
+REF_ADAPTER = "ref"
+
+
+@contextlib.contextmanager
+def forward_restored(*models):
+    """Each of `models` (None skipped) has, after the block, the `forward` it had before it: what a `DPOTrainer` built
+    inside patched in (its fused LM head) is taken out again."""
+    saved = [(model, model.__dict__.get("forward")) for model in models if model is not None]
+    try:
+        yield
+    finally:
+        for model, forward in saved:
+            if forward is None:
+                model.__dict__.pop("forward", None)
+            else:
+                model.forward = forward
+
 
 # method -> the parameter names the plugin's override has (and passes on to `super()`).
 OVERRIDDEN_METHODS = {

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +43,7 @@ from ..evaluation.scoring import SequenceScorer, prompt_token_ids
 from ..training.interruption import StopSignals
 from ..training.reference import frozen_copy
 from ..training.trainer import PreferenceTrainer
-from ..trl_private import create_model_from_path, get_config_model_id
+from ..trl_private import REF_ADAPTER, create_model_from_path, forward_restored, get_config_model_id
 from ..utils.atomic import staged_folder, write_json
 from ..utils.errors import ConfigError, UserError
 from ..utils.modes import in_eval_mode
@@ -55,8 +55,17 @@ from .rollout import RoundSamples, sample_groups
 logger = logging.getLogger("dpo_plugin")
 
 ROUND_FILE = "round.json"  # a round folder's metrics; written last, so its presence marks the round complete
+RUN_FILE = "run.json"  # in each round folder: what defines the run, compared when a rerun resumes it
+# the config keys that define a run: a rerun that resumes it must have the same (more `rounds` extends it)
+PEFT_BOOKKEEPING = {"base_model_name_or_path", "revision", "inference_mode", "peft_version"}  # set by PEFT on wrapping
+RUN_KEYS = (
+    *("loss_type", "beta", "label_smoothing", "reference_free", "ipo_normalize", "tdpo_alpha", "loss_weights"),
+    *("prompts_per_round", "samples_per_prompt", "pair_rule", "min_reward_margin", "reward_weights"),
+    "missing_eos_penalty",
+    *("epochs_per_round", "reference_update", "ref_model_name_or_path", "ref_quantization", "learning_rate"),
+    *("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "seed", "bf16"),
+)
 START_EVAL_FILE = "start_eval.json"  # the held-out evaluation before the first round
-REF_ADAPTER = "ref"  # the adapter TRL's DPOTrainer copies a PEFT policy's adapters into, its reference
 TRAINING_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
@@ -98,7 +107,7 @@ class OnlinePreferenceTrainer:
         eval_reward_funcs=None,
         eval_fn: Callable[[torch.nn.Module, int], dict] | None = None,
     ):
-        model_id = model if isinstance(model, str) else get_config_model_id(model.config)
+        self.model_id = model_id = model if isinstance(model, str) else get_config_model_id(model.config)
         if args is None:
             args = OnlinePreferenceConfig(f"{model_id.split('/')[-1]}-OnlineDPO")
         if not isinstance(args, OnlinePreferenceConfig):
@@ -175,16 +184,14 @@ class OnlinePreferenceTrainer:
                 write_json(Path(self.args.output_dir) / START_EVAL_FILE, self.start_eval)
             rounds = range(first, self.args.rounds)
             for index in tqdm(rounds, desc="Rounds", unit="round", disable=self.args.disable_tqdm or not rounds):
-                if self._steps_left() == 0:
+                if self._stop.received is not None or self._steps_left() == 0:
                     break
-                metrics = self._round(index) if self._stop.received is None else None
-                if metrics is not None:
-                    self.rounds.append(metrics)
-                    self._log(metrics)
-                if self.interrupted_by is None and self._stop.received is not None:
-                    self.interrupted_by = self._stop.received
-                if self.interrupted_by is not None:
+                metrics = self._round(index)
+                if metrics is None:  # stopped within the round, which is not saved
                     break
+                self.rounds.append(metrics)
+                self._log(metrics)
+        self.interrupted_by = self._stop.received
         if self.interrupted_by is None:
             self._log_summary(time.perf_counter() - started)
         return self.rounds
@@ -217,6 +224,7 @@ class OnlinePreferenceTrainer:
     # One round: sample → rank → pairs → train.
 
     def _round(self, index: int) -> dict | None:
+        """Round `index`, saved whole; its metrics, or None when SIGTERM/SIGINT stopped it (nothing of it kept)."""
         args, seed = self.args, self.args.seed + index
         ref_model = self._round_reference(index)
         samples = self._sample(self._round_rows(index), seed)
@@ -302,11 +310,11 @@ class OnlinePreferenceTrainer:
     def _train_on(self, pairs: Dataset, ref_model: torch.nn.Module | None, seed: int) -> dict | None:
         """`epochs_per_round` passes of a `PreferenceTrainer` over the round's pairs: its loss averaged over its
         optimizer steps, the mean of its logged reward metrics and its step count; None when SIGTERM/SIGINT stopped
-        it."""
+        it (at the end of an optimizer step). It writes nothing (no saves, no reports) and leaves the models' `forward`
+        as it found it."""
         args = dataclasses.replace(
             self.args,
-            output_dir=str(Path(self.args.output_dir) / ".round-training"),
-            save_on_interrupt=True,
+            save_on_interrupt=False,  # the run's own signal handling stops the round (`StopTraining`)
             num_train_epochs=self.args.epochs_per_round,
             max_steps=-1,
             save_strategy="no",
@@ -315,27 +323,31 @@ class OnlinePreferenceTrainer:
             report_to="none",
         )
         _drop_ref_adapter(self.model)  # last round's reference; TRL adds this round's copy
-        trainer = PreferenceTrainer(
-            model=self.model,
-            ref_model=ref_model,
-            args=args,
-            train_dataset=pairs,
-            processing_class=self.tokenizer,
-            peft_config=self.peft_config if not is_peft_model(self.model) else None,
-            callbacks=self.callbacks,
-        )
-        if self.args.reference_update == "fixed":
-            _drop_ref_adapter(trainer.accelerator.unwrap_model(trainer.model))  # the base, not TRL's copy
-        for printing in (ProgressCallback, PrinterCallback):  # a bar of the round's steps, not a line per step
-            trainer.remove_callback(printing)
-        trainer.add_callback(StepBar(disable=self.args.disable_tqdm))
-        if self._steps_left() is not None:
-            trainer.add_callback(StepBudget(self._steps_left()))
-        output = trainer.train()
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model  # what TRL patches
+        with forward_restored(policy, ref_model):
+            trainer = PreferenceTrainer(
+                model=self.model,
+                ref_model=ref_model,
+                args=args,
+                train_dataset=pairs,
+                processing_class=self.tokenizer,
+                peft_config=self.peft_config if not is_peft_model(self.model) else None,
+                callbacks=self.callbacks,
+            )
+            if self.args.reference_update == "fixed":
+                _drop_ref_adapter(trainer.accelerator.unwrap_model(trainer.model))  # the base, not TRL's copy
+            for printing in (ProgressCallback, PrinterCallback):  # a bar of the round's steps, not a line per step
+                trainer.remove_callback(printing)
+            trainer.add_callback(StepBar(disable=self.args.disable_tqdm))
+            steps_left = self._steps_left()
+            trainer.add_callback(
+                StopTraining(
+                    lambda step: self._stop.received is not None or (steps_left is not None and step >= steps_left)
+                )
+            )
+            output = trainer.train()
         self.model = trainer.accelerator.unwrap_model(trainer.model)
-        shutil.rmtree(args.output_dir, ignore_errors=True)  # the round's trainer keeps nothing a round needs
-        if trainer.interrupted_by is not None:
-            self.interrupted_by = trainer.interrupted_by
+        if self._stop.received is not None:
             return None
         logged = [entry for entry in trainer.state.log_history if "loss" in entry]
         return {
@@ -363,11 +375,30 @@ class OnlinePreferenceTrainer:
         with staged_folder(Path(self.args.output_dir) / f"round-{index}") as staging:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
+            write_json(staging / RUN_FILE, self._run_identity())
             write_json(staging / ROUND_FILE, metrics)
+
+    def _run_identity(self) -> dict:
+        """What defines this run (`RUN_KEYS`, the sampling settings, the model, its LoRA settings, the reward
+        functions and the prompts), as JSON values."""
+        peft_config = self.peft_config or (self.model.peft_config["default"] if is_peft_model(self.model) else None)
+        identity = {key: getattr(self.args, key) for key in RUN_KEYS} | {"generation": self.args.generation}
+        lora = (
+            {key: value for key, value in peft_config.to_dict().items() if key not in PEFT_BOOKKEEPING}
+            if peft_config
+            else None
+        )
+        identity |= {"model": self.model_id, "lora": lora, "reward_funcs": list(self.rewards)}
+        prompts = json.dumps([row["prompt"] for row in self.prompt_rows]).encode()
+        identity["prompts"] = f"{len(self.prompt_rows)} prompts, sha256 {hashlib.sha256(prompts).hexdigest()[:16]}"
+        return json.loads(
+            json.dumps(identity, default=lambda value: sorted(value) if isinstance(value, set) else str(value))
+        )
 
     def _resume(self) -> int:
         """The first round to run: after the last complete `round-<r>` folder in `output_dir`, whose policy is
-        loaded and whose metrics (and those of the rounds before it) are kept; 0 when there is none."""
+        loaded and whose metrics (and those of the rounds before it) are kept, once its `run.json` shows the same
+        run (`UserError` naming each changed key otherwise); 0 when there is none."""
         folder = Path(self.args.output_dir)
         done = sorted(int(path.name.split("-")[1]) for path in folder.glob("round-*") if (path / ROUND_FILE).is_file())
         if not done:
@@ -378,12 +409,37 @@ class OnlinePreferenceTrainer:
                 f"{folder} holds rounds {done} of another run (rounds {missing} missing, or more than rounds="
                 f"{self.args.rounds}): give a new output_dir, or the output_dir of this run."
             )
+        self._check_same_run(folder / f"round-{done[-1]}")
         self.rounds = [json.loads((folder / f"round-{r}" / ROUND_FILE).read_text()) for r in done]
+        for metrics in self.rounds:
+            self._log(metrics)
         if (folder / START_EVAL_FILE).is_file():
             self.start_eval = json.loads((folder / START_EVAL_FILE).read_text())
         self._load_policy(folder / f"round-{done[-1]}")
-        logger.info("Resuming after round %d of %d from %s.", done[-1], self.args.rounds, folder)
+        if done[-1] + 1 == self.args.rounds:
+            logger.info("All %d rounds are complete in %s: nothing to train.", self.args.rounds, folder)
+        else:
+            logger.info("Resuming after round %d of %d from %s.", done[-1], self.args.rounds, folder)
         return done[-1] + 1
+
+    def _check_same_run(self, round_folder: Path) -> None:
+        """`UserError` naming each key whose value differs from the run that saved `round_folder`."""
+        saved_file = round_folder / RUN_FILE
+        if not saved_file.is_file():
+            raise UserError(
+                f"{round_folder.parent} holds rounds written before runs recorded their settings ({RUN_FILE}), so "
+                "whether this recipe is theirs cannot be checked: give a new output_dir."
+            )
+        saved, current = json.loads(saved_file.read_text()), self._run_identity()
+        changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+        if changed:
+            differences = "; ".join(
+                f"{key}: {_short(saved.get(key))} there, {_short(current.get(key))} here" for key in changed
+            )
+            raise UserError(
+                f"{round_folder.parent} holds rounds of another run ({differences}): give a new output_dir, or "
+                "the recipe of that run to resume it."
+            )
 
     def _load_policy(self, round_folder: Path) -> None:
         if not self.lora:
@@ -432,14 +488,15 @@ class HeldoutSampling:
         return values | {f"{names[key]}_se": error for key, error in report.standard_errors.items()}
 
 
-class StepBudget(TrainerCallback):
-    """Stops a round's training once it has taken `steps` optimizer steps (what is left of `max_steps`)."""
+class StopTraining(TrainerCallback):
+    """Ends a round's training at the end of the optimizer step after which `should_stop(step)` holds (a signal
+    arrived; what is left of `max_steps` is reached)."""
 
-    def __init__(self, steps: int):
-        self.steps = steps
+    def __init__(self, should_stop: Callable[[int], bool]):
+        self.should_stop = should_stop
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.steps:
+        if self.should_stop(state.global_step):
             control.should_training_stop = True
 
 
@@ -487,6 +544,12 @@ def _sample_metrics(samples: RoundSamples, eos_id: int | None) -> dict:
         "time/sampling": round(samples.sampling_seconds, 2),
         "time/ranking": round(samples.ranking_seconds, 2),
     }
+
+
+def _short(value) -> str:
+    """`value` as JSON, cut to 60 characters."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _reward_weights(weights: list[float] | None, count: int) -> torch.Tensor:

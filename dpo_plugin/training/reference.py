@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from ..data.model_folders import model_folder
 from ..objectives.logprobs import completion_logits, log_probs_from_logits, token_kl, token_logps
-from ..trl_private import get_config_model_id, use_adapter
+from ..trl_private import REF_ADAPTER, get_config_model_id, use_adapter
 from ..utils.atomic import write_json
 from ..utils.errors import ConfigError, UserError
 from ..utils.quiet import quiet_int8_cast_warning
@@ -99,7 +99,7 @@ class Reference:
         stack.enter_context(autocast())
         if self.kind == ADAPTERS_OFF:
             policy = extract_model_from_parallel(self.model)
-            stack.enter_context(use_adapter(policy, "ref" if "ref" in policy.peft_config else None))
+            stack.enter_context(use_adapter(policy, REF_ADAPTER if REF_ADAPTER in policy.peft_config else None))
         return stack
 
     def describe(self) -> str:

@@ -20,7 +20,7 @@ from dpo_plugin import OnlinePreferenceConfig, OnlinePreferenceTrainer
 from dpo_plugin.cli import main
 from dpo_plugin.online.pairs import group_pairs
 from dpo_plugin.online.recipe import parse_online_recipe
-from dpo_plugin.utils.errors import ConfigError
+from dpo_plugin.utils.errors import ConfigError, UserError
 
 
 @pytest.mark.parametrize(
@@ -142,6 +142,19 @@ def test_both_reference_schedules_train_full_and_lora_policies(lora, reference_u
         has_ref = "ref" in trainer.model.peft_config
         assert has_ref == (reference_update == "previous_round")  # TRL's copy of the adapters, or the base
         assert not any(p.requires_grad for name, p in trainer.model.named_parameters() if ".ref." in name)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_rounds_leave_the_models_forward_as_they_found_it_and_write_nothing_but_rounds(lora, tokenizer, tmp_path):
+    """Each round's `DPOTrainer` wraps `forward` with TRL's fused head; after 3 rounds no wrapper is left (they would
+    stack one per round), and the rounds' trainers left no folder behind."""
+    trainer = online_trainer(tokenizer, tmp_path, lora, rounds=3)
+    trainer.train()
+    base = trainer.model.get_base_model() if lora else trainer.model
+    assert "forward" not in vars(base)
+    if not lora:
+        assert "forward" not in vars(trainer.ref_model)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["round-0", "round-1", "round-2"]
 
 
 TIMES = ("time/sampling", "time/ranking", "time/training")
@@ -301,3 +314,32 @@ def test_the_pinned_tiny_runs_give_the_same_numbers_round_for_round(name, tmp_pa
         assert set(ours) == set(theirs)
         for key, value in theirs.items():
             assert ours[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (ours["round"], key)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"beta": 0.3, "learning_rate": 0.01}, ["beta: 0.1 there, 0.3 here", "learning_rate: 0.02 there, 0.01 here"]),
+        ({"lora": True}, ["lora: null there"]),
+        ({"samples_per_prompt": 2, "temperature": 0.7}, ["samples_per_prompt", "generation"]),
+    ],
+    ids=["objective-and-optimizer", "lora-over-full", "sampling"],
+)
+def test_a_rerun_with_another_recipe_is_refused_naming_the_changed_keys(change, named, tokenizer, tmp_path):
+    """Two rounds of one run, then a rerun into its folder with other settings (and more rounds): refused before
+    anything is written, naming each changed key; the same recipe with more rounds resumes."""
+    online_trainer(tokenizer, tmp_path, rounds=2).train()
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    lora = change.pop("lora", False)
+    with pytest.raises(UserError, match="holds rounds of another run") as refused:
+        online_trainer(tokenizer, tmp_path, lora, rounds=3, **change).train()
+    assert all(part in str(refused.value) for part in named), str(refused.value)
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before
+    assert [entry["round"] for entry in online_trainer(tokenizer, tmp_path, rounds=3).train()] == [0, 1, 2]
+
+
+def test_rounds_saved_without_their_run_settings_are_not_resumed(tokenizer, tmp_path):
+    online_trainer(tokenizer, tmp_path, rounds=1).train()
+    (tmp_path / "round-0" / "run.json").unlink()
+    with pytest.raises(UserError, match="cannot be checked: give a new output_dir"):
+        online_trainer(tokenizer, tmp_path, rounds=2).train()
