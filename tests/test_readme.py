@@ -30,6 +30,14 @@ def test_readme_trainer_example_runs(tmp_path, monkeypatch):
     assert summary["kl/chosen"] >= 0 and summary["kl/rejected"] >= 0
 
 
+@pytest.mark.slow
+def test_readme_online_example_runs(tmp_path, monkeypatch):
+    trainer = run_example("OnlinePreferenceTrainer(", tmp_path, monkeypatch)["trainer"]
+    assert [entry["round"] for entry in trainer.rounds] == [0, 1]
+    assert all(entry["reward/mean"] < 0 and entry["pairs"] > 0 for entry in trainer.rounds)
+    assert trainer.state.log_history[-1]["train_loss"] > 0 and (tmp_path / "outputs/readme-online/round-1").is_dir()
+
+
 def test_readme_gymnasium_example_runs(tmp_path, monkeypatch, capsys):
     namespace = run_example("dpo_plugin/PreferencePairs-v0", tmp_path, monkeypatch)
     assert namespace["returns"] == [1.0, 1.0]

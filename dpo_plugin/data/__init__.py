@@ -21,6 +21,7 @@ _EXPORTS = {
     "normalize_preference_dataset": "formats",
     "first_rows": "loading",
     "load_preference_dataset": "loading",
+    "load_prompt_dataset": "loading",
     "InvalidPreferenceData": "validation",
     "validate_preference_dataset": "validation",
 }
