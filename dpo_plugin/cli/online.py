@@ -52,17 +52,24 @@ def heldout_gains(start_eval: dict, last: dict, z: float = 1.959964) -> dict[str
 
 def online(argv: list[str]) -> dict:
     """Train the recipe's rounds (a stopped run in the same output_dir resumes after its last complete round);
-    write `model` files, `metrics.json` (`rounds`: one entry per round) and `rounds.png` into output_dir."""
-    from ..utils.atomic import removed_if_left_empty, write_json
-    from ..utils.plots import plot_training_curves
+    write `model` files, `metrics.json` (`rounds`: one entry per round) and `rounds.png` into output_dir, held for
+    this run alone (`run_folder`)."""
     from ..utils.quiet import library_progress_bars_off
+    from ..utils.run_folder import run_folder
 
     library_progress_bars_off()  # each round re-tokenizes its pairs: the rounds' own bars say where the run is
     script_args, config, model_args = parse_online_recipe(argv)
+    with run_folder(config.output_dir):  # this run's alone; one that fails before writing anything leaves no trace
+        return _online(script_args, config, model_args)
+
+
+def _online(script_args, config, model_args) -> dict:
+    from ..utils.atomic import write_json
+    from ..utils.plots import plot_training_curves
+
     output_dir = Path(config.output_dir)
-    with removed_if_left_empty(output_dir):  # a run that fails before writing anything leaves no trace
-        trainer = build_online_trainer(script_args, config, model_args)
-        rounds = trainer.train()
+    trainer = build_online_trainer(script_args, config, model_args)
+    rounds = trainer.train()
     if trainer.interrupted_by is not None:
         signum, kept = trainer.interrupted_by, len(rounds)
         saved = f"rounds 0-{kept - 1} are saved in {output_dir}" if kept else "no round was complete"

@@ -16,29 +16,36 @@ from ..utils.errors import ConfigError
 def train(argv: list[str]) -> dict | None:
     """Train a recipe; with `heldout_eval_pairs`, also score held-out pairs. Writes the model, metrics and plot.
 
-    With `num_processes` or `accelerate_config`, re-runs itself under `accelerate launch` (`training/launch.py`).
-    Stopped by SIGTERM/SIGINT, it saves a checkpoint, writes no final outputs, says how to resume, and exits with
-    128 + signal.
+    The output folder is held for this run alone (`run_folder`). With `num_processes` or `accelerate_config`,
+    re-runs itself under `accelerate launch` (`training/launch.py`). Stopped by SIGTERM/SIGINT, it saves a
+    checkpoint, writes no final outputs, says how to resume, and exits with 128 + signal.
     """
     data_args, training_args, model_args, launch_args = parse_recipe(argv)
-    if launch_args.wants_launch:
-        launch_training(argv, launch_args, "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no")
-        return None
+    from ..utils.run_folder import run_folder
+
+    with run_folder(training_args.output_dir):
+        if launch_args.wants_launch:
+            mixed_precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
+            launch_training(argv, launch_args, mixed_precision)
+            return None
+        return _train(argv, data_args, training_args, model_args)
+
+
+def _train(argv, data_args, training_args, model_args) -> dict:
     from ..data.loading import first_rows  # imported here, after parsing, so that `--help` answers sooner
     from ..evaluation.heldout import EvaluationReport
     from ..evaluation.scoring import as_text
     from ..training.recipe import build_trainer
-    from ..utils.atomic import removed_if_left_empty, write_json
+    from ..utils.atomic import write_json
     from ..utils.plots import plot_training_curves
 
-    with removed_if_left_empty(training_args.output_dir):  # a run that fails before writing anything leaves no trace
-        trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
-        heldout, evaluator = None, None
-        if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
-            heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), trainer.processing_class)
-            evaluator = heldout_evaluator(trainer, heldout, data_args.heldout_batch_size)
-        started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+    heldout, evaluator = None, None
+    if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
+        heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), trainer.processing_class)
+        evaluator = heldout_evaluator(trainer, heldout, data_args.heldout_batch_size)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
     if trainer.interrupted_by is not None:
         _exit_interrupted(trainer, argv)

@@ -44,21 +44,6 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_file(Path(path), write)
 
 
-@contextlib.contextmanager
-def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
-    """A `folder` that does not exist yet and that the block creates is removed again if the block fails having
-    written nothing into it (trainers create their output folder before they can fail on a bad setting)."""
-    folder = Path(folder)
-    existed = folder.exists()
-    try:
-        yield
-    except BaseException:
-        if not existed and folder.is_dir() and not any(folder.iterdir()):
-            with contextlib.suppress(OSError):  # another process of the run removed it, or wrote into it, first
-                folder.rmdir()
-        raise
-
-
 def staging_path(target: Path) -> Path:
     """The hidden sibling a folder's contents are written to before `publish_folder` moves them onto `target`.
 

@@ -25,6 +25,7 @@ from ...utils.atomic import write_json
 from ...utils.config_files import parse_config
 from ...utils.devices import device_name
 from ...utils.errors import ConfigError
+from ...utils.run_folder import run_folder
 from .claims import dpo_versus_ipo, online_versus_offline, tdpo_versus_dpo
 from .report import markdown, write_report
 from .runs import CompareConfig, RunResult
@@ -40,7 +41,8 @@ def compare(argv: list[str]) -> dict:
     SIGINT during a run stops the comparison (exit 128 + the signal) with every finished run kept."""
     _, config = parse_config((CompareConfig,), argv, "dpo-plugin compare")
     try:
-        return _compare(config, argv)
+        with run_folder(config.output_dir):  # this comparison's alone
+            return _compare(config, argv)
     except Interrupted as stop:
         logger.warning("%s; the finished runs are kept, no report was written.", stop)
         sys.exit(128 + stop.signal_number)

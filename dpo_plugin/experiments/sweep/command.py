@@ -23,6 +23,7 @@ from statistics import mean
 
 from ...training.interruption import Interrupted, StopSignals
 from ...utils.errors import ConfigError
+from ...utils.run_folder import run_folder
 from .grid import read_grid
 from .ledger import Ledger
 from .report import build_report
@@ -46,7 +47,8 @@ def sweep(argv: list[str]) -> dict:
     todo = [cell for cell in _selected(cells, args.cells) if ledger.finished(cell, settings[cell.id]) is None]
     stopped_by = None
     if not args.report:
-        stopped_by = _run(grid, runner, ledger, settings, cells, todo, args.max_minutes)
+        with run_folder(grid.output_dir):  # this sweep's alone (the ledger is shared: a report may be built meanwhile)
+            stopped_by = _run(grid, runner, ledger, settings, cells, todo, args.max_minutes)
     records, stale = {}, []
     for cell in cells:
         record = ledger.read(cell)
