@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..training.launch import launch_training
+from ..training.launch import LAUNCHED_ENV, launch_training
 from ..training.recipe import parse_recipe
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, UserError
 
 
 def train(argv: list[str]) -> dict | None:
@@ -24,6 +26,8 @@ def train(argv: list[str]) -> dict | None:
     from ..utils.run_folder import run_folder
 
     with run_folder(training_args.output_dir):
+        if not os.environ.get(LAUNCHED_ENV):  # the launcher checked it for the processes it launched
+            start_over_or_refuse(training_args)
         if launch_args.wants_launch:
             mixed_precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
             launch_training(argv, launch_args, mixed_precision)
@@ -71,6 +75,35 @@ def _train(argv, data_args, training_args, model_args) -> dict:
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title)
         print(f"Wrote {output_dir / 'metrics.json'} and {output_dir / 'training_curves.png'}")
     return results
+
+
+FINAL_OUTPUTS = ("metrics.json", "training_curves.png", "model.safetensors", "adapter_model.safetensors")
+
+
+def start_over_or_refuse(args) -> None:
+    """A rerun never silently starts over: into an `output_dir` holding another run's checkpoints or final outputs,
+    without `resume_from_checkpoint`, it is refused (`UserError` naming both ways on), or with
+    `overwrite_output_dir` those are deleted first."""
+    folder = Path(args.output_dir)
+    earlier = sorted(folder.glob("checkpoint-*")) + [
+        folder / name for name in FINAL_OUTPUTS if (folder / name).exists()
+    ]
+    if args.resume_from_checkpoint or not earlier:
+        return
+    if not args.overwrite_output_dir:
+        checkpoints = [path.name for path in earlier if path.name.startswith("checkpoint-")]
+        held = f"checkpoints of a run ({', '.join(checkpoints[-3:])})" if checkpoints else "a finished run"
+        resume = " resume it with --resume_from_checkpoint last, or" if checkpoints else ""
+        raise UserError(
+            f"{folder} holds {held}:{resume} start over with --overwrite_output_dir true (which deletes it), or give "
+            "another output_dir."
+        )
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    print(f"overwrite_output_dir: deleted {len(earlier)} outputs of an earlier run in {folder}.")
 
 
 def heldout_evaluator(trainer, heldout, batch_size: int = 16):

@@ -227,6 +227,15 @@ class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
         },
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "`dpo-plugin train` into an output_dir that holds another run's checkpoints or final outputs: "
+            "delete them and start over (transformers 4's key). False: such a rerun is refused, naming "
+            "--resume_from_checkpoint and this key."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]

@@ -230,3 +230,27 @@ def test_held_out_scoring_works_with_precomputed_reference_log_probs(tiny_checkp
         reports[precomputed] = json.loads((run / "metrics.json").read_text())["heldout"]["accuracy"]
     assert "no reference is held while training" in caplog.text
     assert reports["true"] == reports["false"]
+
+
+def test_a_rerun_never_silently_starts_over(tiny_checkpoint, tmp_path, capsys):
+    """Into a folder holding an earlier run: its checkpoints name --resume_from_checkpoint last and
+    --overwrite_output_dir true, a finished run the latter, and nothing is touched; --overwrite_output_dir true
+    deletes the earlier run's outputs and trains afresh."""
+    data = write_splits(tmp_path / "pairs", make_pairs(12), make_pairs(4))
+    run = tmp_path / "run"
+    main(tiny_run(tiny_checkpoint, data, run, "--save_strategy", "steps", "--save_steps", "2"))
+    files = lambda: sorted(str(path.relative_to(run)) for path in run.rglob("*"))  # noqa: E731
+    before = files()
+    line = cli_error(capsys, tiny_run(tiny_checkpoint, data, run))
+    assert f"{run} holds checkpoints of a run (checkpoint-2" in line
+    assert "resume it with --resume_from_checkpoint last, or start over with --overwrite_output_dir true" in line
+    assert files() == before
+
+    finished = tmp_path / "finished"
+    main(tiny_run(tiny_checkpoint, data, finished))
+    line = cli_error(capsys, tiny_run(tiny_checkpoint, data, finished, "--learning_rate", "0.01"))
+    assert f"{finished} holds a finished run: start over with --overwrite_output_dir true" in line
+
+    main(tiny_run(tiny_checkpoint, data, run, "--overwrite_output_dir", "true"))
+    assert "deleted" in capsys.readouterr().out
+    assert not list(run.glob("checkpoint-*")) and (run / "metrics.json").is_file()
