@@ -76,6 +76,8 @@ PREFERENCE_RULES = {
     "weight_decay": number_at_least(0.0),
     "max_grad_norm": number_at_least(0.0, "(0: no clipping)"),
     "num_train_epochs": number_at_least(0.0),
+    "save_steps": number_above(0.0, "(steps, or a fraction of the run when below 1)"),
+    "logging_steps": number_above(0.0, "(steps, or a fraction of the run when below 1)"),
     "warmup_steps": number_at_least(0.0),
     "max_length": integer_at_least(2, "(prompt and completion tokens), or unset"),
     "max_weight_growth": number_at_least(0.0),
@@ -240,6 +242,11 @@ class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         check(self, PREFERENCE_RULES)
+        if self.num_train_epochs == 0 and self.max_steps <= 0:
+            raise ConfigError(
+                "num_train_epochs: 0 with max_steps unset trains no step, and the run would save the model it started "
+                "from as if trained: set num_train_epochs > 0 or max_steps > 0."
+            )
         self._validate_objective()
         self._validate_reference()
         super().__post_init__()

@@ -23,6 +23,9 @@ def config(**overrides):
         ({"loss_type": "tdpo2", "precompute_ref_log_probs": True}, "precompute_ref_log_probs: false"),
         ({"loss_type": "ipo", "reference_free": True}, "reference_free applies to loss_type 'dpo' only"),
         ({"reference_free": True, "precompute_ref_log_probs": True}, "nothing to compute with reference_free"),
+        ({"num_train_epochs": 0}, "num_train_epochs: 0 with max_steps unset trains no step"),
+        ({"save_steps": -5}, "save_steps must be > 0"),
+        ({"logging_steps": 0}, "logging_steps must be > 0"),
     ],
 )
 def test_invalid_settings_raise_with_the_field_named(overrides, message):
