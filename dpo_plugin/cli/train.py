@@ -51,6 +51,12 @@ def _train(argv, data_args, training_args, model_args) -> dict:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
+    if trainer.finished_already:
+        print(
+            f"{training_args.resume_from_checkpoint} is at the last step of this run: nothing was trained, and the "
+            f"outputs in {training_args.output_dir} are left as they are."
+        )
+        return {"finished_already": True}
     if trainer.interrupted_by is not None:
         _exit_interrupted(trainer, argv)
     trainer.save_model(training_args.output_dir)

@@ -42,6 +42,7 @@ from ..evaluation.policies import PURE_SAMPLING, CompletionSampler
 from ..evaluation.scoring import SequenceScorer, prompt_token_ids
 from ..training.interruption import StopSignals
 from ..training.reference import frozen_copy
+from ..training.run_identity import as_json, differences, lora_settings
 from ..training.trainer import PreferenceTrainer
 from ..trl_private import REF_ADAPTER, create_model_from_path, forward_restored, get_config_model_id
 from ..utils.atomic import staged_folder, write_json
@@ -57,7 +58,6 @@ logger = logging.getLogger("dpo_plugin")
 ROUND_FILE = "round.json"  # a round folder's metrics; written last, so its presence marks the round complete
 RUN_FILE = "run.json"  # in each round folder: what defines the run, compared when a rerun resumes it
 # the config keys that define a run: a rerun that resumes it must have the same (more `rounds` extends it)
-PEFT_BOOKKEEPING = {"base_model_name_or_path", "revision", "inference_mode", "peft_version"}  # set by PEFT on wrapping
 RUN_KEYS = (
     *("loss_type", "beta", "label_smoothing", "reference_free", "ipo_normalize", "tdpo_alpha", "loss_weights"),
     *("prompts_per_round", "samples_per_prompt", "pair_rule", "min_reward_margin", "reward_weights"),
@@ -381,19 +381,12 @@ class OnlinePreferenceTrainer:
     def _run_identity(self) -> dict:
         """What defines this run (`RUN_KEYS`, the sampling settings, the model, its LoRA settings, the reward
         functions and the prompts), as JSON values."""
-        peft_config = self.peft_config or (self.model.peft_config["default"] if is_peft_model(self.model) else None)
         identity = {key: getattr(self.args, key) for key in RUN_KEYS} | {"generation": self.args.generation}
-        lora = (
-            {key: value for key, value in peft_config.to_dict().items() if key not in PEFT_BOOKKEEPING}
-            if peft_config
-            else None
-        )
+        lora = lora_settings(self.model, self.peft_config)
         identity |= {"model": self.model_id, "lora": lora, "reward_funcs": list(self.rewards)}
         prompts = json.dumps([row["prompt"] for row in self.prompt_rows]).encode()
         identity["prompts"] = f"{len(self.prompt_rows)} prompts, sha256 {hashlib.sha256(prompts).hexdigest()[:16]}"
-        return json.loads(
-            json.dumps(identity, default=lambda value: sorted(value) if isinstance(value, set) else str(value))
-        )
+        return as_json(identity)
 
     def _resume(self) -> int:
         """The first round to run: after the last complete `round-<r>` folder in `output_dir`, whose policy is
@@ -430,15 +423,11 @@ class OnlinePreferenceTrainer:
                 f"{round_folder.parent} holds rounds written before runs recorded their settings ({RUN_FILE}), so "
                 "whether this recipe is theirs cannot be checked: give a new output_dir."
             )
-        saved, current = json.loads(saved_file.read_text()), self._run_identity()
-        changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+        changed = differences(json.loads(saved_file.read_text()), self._run_identity())
         if changed:
-            differences = "; ".join(
-                f"{key}: {_short(saved.get(key))} there, {_short(current.get(key))} here" for key in changed
-            )
             raise UserError(
-                f"{round_folder.parent} holds rounds of another run ({differences}): give a new output_dir, or "
-                "the recipe of that run to resume it."
+                f"{round_folder.parent} holds rounds of another run ({changed}): give a new output_dir, or the recipe "
+                "of that run to resume it."
             )
 
     def _load_policy(self, round_folder: Path) -> None:
@@ -544,12 +533,6 @@ def _sample_metrics(samples: RoundSamples, eos_id: int | None) -> dict:
         "time/sampling": round(samples.sampling_seconds, 2),
         "time/ranking": round(samples.ranking_seconds, 2),
     }
-
-
-def _short(value) -> str:
-    """`value` as JSON, cut to 60 characters."""
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _reward_weights(weights: list[float] | None, count: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ..data.model_folders import check_model_folder
 from ..utils.atomic import atomic_file, publish_folder, staged_folder
 from ..utils.errors import NonFiniteTrainingError, UserError
 from .guards import weights_are_finite
+from .run_identity import run_identity
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -34,6 +35,22 @@ EXACT_RESUME_FILES = {
     "rng_state.pth": (("rng_state*.pth",), "the random number generators' states (dropout and data order differ)"),
     PLUGIN_STATE_NAME: ((PLUGIN_STATE_NAME,), "the num_tokens count TRL logs"),
 }
+
+
+def checkpoint_run(checkpoint: str) -> dict:
+    """A checkpoint's step (`global_step`) and what defines the run that saved it (`run`; None in checkpoints from
+    before runs recorded it); `UserError` naming a file that cannot be read."""
+    folder = Path(checkpoint)
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text())["global_step"]
+        plugin_state = folder / PLUGIN_STATE_NAME
+        run = json.loads(plugin_state.read_text()).get("run") if plugin_state.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(
+            f"{folder} cannot be resumed: its trainer_state.json or {PLUGIN_STATE_NAME} is unreadable ({error}); "
+            "resume from an earlier checkpoint."
+        ) from error
+    return {"global_step": step, "run": run}
 
 
 def resume_checkpoint(value: str | None, output_dir: str, allow_partial: bool = False) -> str | None:
@@ -119,7 +136,7 @@ class StagedCheckpoints:
             staged = staging / checkpoint.name
             if self.args.should_save:
                 self._record_best_checkpoint(run_dir, staged)
-                plugin_state = {"total_train_tokens": self._total_train_tokens}
+                plugin_state = {"total_train_tokens": self._total_train_tokens, "run": run_identity(self)}
                 atomic_file(staged / PLUGIN_STATE_NAME, lambda path: Path(path).write_text(json.dumps(plugin_state)))
             self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:

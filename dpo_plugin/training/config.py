@@ -229,6 +229,13 @@ class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
         },
     )
 
+    resume_allow_changes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Keys that may differ from the run a resumed checkpoint saved (e.g. [learning_rate]); any other "
+            "change (objective, β, batch geometry, data, model, LoRA) is refused, naming it."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={

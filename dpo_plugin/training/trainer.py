@@ -9,6 +9,7 @@ in `reference_preparation.py`; checkpoints are written by `checkpoints.py`.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 import torch
@@ -16,6 +17,7 @@ from accelerate.utils import extract_model_from_parallel, is_peft_model
 from datasets import Dataset
 from torch import Tensor
 from transformers import AutoTokenizer
+from transformers.trainer_utils import TrainOutput
 from trl import DPOTrainer
 
 from ..data.formats import normalize_preference_dataset
@@ -26,7 +28,7 @@ from ..objectives.metrics import step_metrics
 from ..objectives.reader import CompletionReader, Reading, choose_reader, model_inputs
 from ..trl_private import create_model_from_path, disable_gradient_checkpointing, get_config_model_id
 from ..utils.errors import ConfigError, NonFiniteTrainingError
-from .checkpoints import StagedCheckpoints, resume_checkpoint
+from .checkpoints import StagedCheckpoints, checkpoint_run, resume_checkpoint
 from .config import PreferenceConfig, as_preference_config
 from .guards import DivergenceGuard, drop_gradients, gradients_are_finite, nonfinite_step_message
 from .interruption import CheckpointOnInterrupt
@@ -37,6 +39,7 @@ from .reference_preparation import (
     prepare_reference,
     warn_lora_with_separate_reference,
 )
+from .run_identity import check_same_run, planned_steps, run_identity
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -358,11 +361,27 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """TRL's `train`, resuming only from a checkpoint that resumes exactly (`checkpoints.resume_checkpoint`,
-        unless `allow_partial_resume`); the SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed
-        however it ends."""
+        unless `allow_partial_resume`) and of this same run (`run_identity.check_same_run`, but for the keys in
+        `resume_allow_changes`); a checkpoint already at the run's last step trains nothing and says so
+        (`finished_already`). The SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed however it
+        ends."""
         resume_from_checkpoint = resume_checkpoint(
             resume_from_checkpoint, self.args.output_dir, self.args.allow_partial_resume
         )
+        self.finished_already = False
+        if resume_from_checkpoint is not None:
+            saved = checkpoint_run(resume_from_checkpoint)
+            check_same_run(
+                saved.get("run"), run_identity(self), self.args.resume_allow_changes or (), resume_from_checkpoint
+            )
+            if saved["global_step"] >= planned_steps(self):
+                logger.info(
+                    "%s is at step %d, where this run ends: nothing to train.",
+                    resume_from_checkpoint,
+                    saved["global_step"],
+                )
+                self.finished_already = True
+                return TrainOutput(saved["global_step"], math.nan, {})
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from dpo_plugin.cli import main
 from dpo_plugin.training.config import PreferenceConfig
 from dpo_plugin.training.trainer import PreferenceTrainer
+from dpo_plugin.utils.errors import UserError
 
 COMPARED_METRICS = ("loss", "learning_rate", "grad_norm", "rewards/margins", "kl/chosen", "logps/chosen", "num_tokens")
 
@@ -206,3 +207,54 @@ def test_resuming_from_truncated_weights_is_refused(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-8])
     with pytest.raises(ValueError, match="model.safetensors is truncated"):
         tiny_trainer(run, max_steps=4).train(resume_from_checkpoint="last")
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"loss_type": "dpo", "beta": 0.3}, ['loss_type: ["tdpo2"] there, ["dpo"] here', "beta: 0.1 there, 0.3 here"]),
+        ({"per_device_train_batch_size": 4}, ["per_device_train_batch_size: 2 there, 4 here"]),
+    ],
+    ids=["objective", "batch-geometry"],
+)
+def test_resuming_with_another_objective_or_batch_is_refused_naming_the_keys(change, named, tmp_path):
+    run = tmp_path / "run"
+    tiny_trainer(run, max_steps=2).train()
+    with pytest.raises(UserError, match="is a checkpoint of another run") as refused:
+        tiny_trainer(run, max_steps=4, **change).train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    assert all(part in str(refused.value) for part in named), str(refused.value)
+    assert sorted(path.name for path in run.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_resuming_with_other_data_is_refused_and_resume_allow_changes_lets_named_keys_change(tmp_path):
+    run = tmp_path / "run"
+    tiny_trainer(run, max_steps=2).train()
+    other = tiny_trainer(run, max_steps=4)
+    other.train_dataset = other.train_dataset.select(range(8))
+    with pytest.raises(UserError, match="train_data: "):
+        other.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    resumed = tiny_trainer(run, max_steps=4, learning_rate=5e-3, resume_allow_changes=["learning_rate"])
+    resumed.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, caplog):
+    run = tmp_path / "run"
+    tiny_trainer(run, max_steps=2).train()
+    weights = (run / "checkpoint-2" / "model.safetensors").read_bytes()
+    before = sorted(path.name for path in run.iterdir())
+    with caplog.at_level("INFO", logger="dpo_plugin"):
+        resumed = tiny_trainer(run, max_steps=2)
+        output = resumed.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    assert resumed.finished_already and output.global_step == 2 and resumed.state.global_step == 0
+    assert "where this run ends: nothing to train" in caplog.text
+    assert sorted(path.name for path in run.iterdir()) == before
+    assert (run / "checkpoint-2" / "model.safetensors").read_bytes() == weights
+
+
+def test_an_unreadable_trainer_state_is_one_error_naming_it(tmp_path):
+    run = tmp_path / "run"
+    tiny_trainer(run, max_steps=2).train()
+    (run / "checkpoint-2" / "trainer_state.json").write_text("[1, 2, 3]")
+    with pytest.raises(UserError, match="checkpoint-2 cannot be resumed: its trainer_state.json"):
+        tiny_trainer(run, max_steps=4).train(resume_from_checkpoint=str(run / "checkpoint-2"))
