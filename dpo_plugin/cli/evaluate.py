@@ -40,7 +40,7 @@ RULES = {
 class EvalConfig(ReferenceQuantizationArguments):
     """What `dpo-plugin eval` runs: a trained policy and its reference through the environments on held-out data."""
 
-    model_name_or_path: str = field(
+    model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "The trained policy: a `dpo-plugin train` output folder (full model or LoRA adapters)."},
     )
@@ -51,7 +51,7 @@ class EvalConfig(ReferenceQuantizationArguments):
             "checkpoint needs it set (e.g. smollm2-135m-instruct)."
         },
     )
-    dataset_name: str = field(default=None, metadata={"help": "Local file or folder, built-in name, or hub id."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Local file or folder, built-in name, or hub id."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_test_split: str = field(default="test", metadata={"help": "The held-out split."})
     eval_pairs: int = field(default=300, metadata={"help": "Rank the first N held-out pairs (0: skip)."})

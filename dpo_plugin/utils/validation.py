@@ -2,6 +2,9 @@
 
 A rule is a test and the valid values as the error states them; a value that fails is one `ConfigError` naming the
 key, what it may be and what it got. An unset value (None) passes a rule: keys that must be set are `required`.
+After the rules, `check` reads every field's value against the type its dataclass annotates (numbers, integers,
+booleans, strings, lists of them, `| None` for what may be unset), so a list, a mapping or `null`
+where a number goes is one error too, whatever the key; a field of any other type is left to its rule.
 
     RULES = {"batch_size": integer_at_least(1), "temperature": number_above(0.0, "(sampling)")}
 
@@ -12,7 +15,11 @@ key, what it may be and what it got. An unset value (None) passes a rule: keys t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,11 +105,59 @@ def each(rule: Rule, *, empty_ok: bool = False) -> Rule:
 
 
 def check(config: Any, rules: Mapping[str, Rule]) -> None:
-    """`ConfigError` for the first key of `rules` whose value is set and fails its rule."""
+    """`ConfigError` for the first key of `rules` whose value is set and fails its rule, then for the first field
+    whose value is not of its annotated type (`typed_fields`)."""
     for name, rule in rules.items():
         value = getattr(config, name)
         if value is not None and not rule.test(value):
             raise ConfigError(rule.error(name, value))
+    for name, rule in typed_fields(type(config)).items():
+        value = getattr(config, name)
+        if not rule.test(value):
+            raise ConfigError(rule.error(name, value))
+
+
+@functools.cache
+def typed_fields(cls: type) -> dict[str, Rule]:
+    """Field name → the rule its annotation gives, for each field of dataclass `cls` whose type `type_rule` reads."""
+    hints = typing.get_type_hints(cls)
+    rules = {field.name: type_rule(hints.get(field.name)) for field in dataclasses.fields(cls)}
+    return {name: rule for name, rule in rules.items() if rule is not None}
+
+
+def type_rule(hint: Any) -> Rule | None:
+    """The rule a type annotation states: `float` a number, `int` an integer, `bool` true or false, `str` a string,
+    `list[X]` a list of X, a union any of its members (`None` for unset); None for any other type (mappings
+    included: transformers turns some into objects of its own, which its own checks read)."""
+    simple = {
+        float: Rule(lambda value: isinstance(value, (int, float)) and not isinstance(value, bool), "be a number"),
+        int: Rule(_integer, "be an integer"),
+        bool: Rule(lambda value: isinstance(value, bool), "be true or false"),
+        str: Rule(lambda value: isinstance(value, str), "be a string"),
+    }
+    origin = typing.get_origin(hint)
+    if hint in simple:
+        return simple[hint]
+    if origin is list:
+        item = type_rule(typing.get_args(hint)[0])
+        if item is None:
+            return None
+        return Rule(
+            lambda value: isinstance(value, list) and all(item.test(v) for v in value),
+            f"be a list whose values each {item.valid.removeprefix('be ')}",
+        )
+    if origin in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(hint) if member is not type(None)]
+        rules = [type_rule(member) for member in members]
+        if any(rule is None for rule in rules):
+            return None
+        optional = type(None) in typing.get_args(hint)
+        words = " or ".join(rule.valid.removeprefix("be ") for rule in rules)
+        return Rule(
+            lambda value: (optional and value is None) or any(rule.test(value) for rule in rules),
+            f"be {words}" + (" (or unset)" if optional else ""),
+        )
+    return None
 
 
 def required(config: Any, *names: str, hint: str) -> None:

@@ -36,6 +36,9 @@ def fx(tmp_path_factory) -> Path:
     (root / "not-yaml.yaml").write_text("model_name_or_path: [unclosed\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "typo.yaml").write_text("model_name_or_path: x\nlerning_rate: 1.0e-3\n")
+    (root / "null-beta.yaml").write_text("beta: null\n")
+    (root / "list-rate.yaml").write_text("learning_rate: [1.0e-5, 2.0e-5]\n")
+    (root / "mapping-flag.yaml").write_text("reference_free: {on: true}\n")
     return root
 
 
@@ -91,6 +94,18 @@ CASES = {
     ),
     "recipe not yaml": (lambda fx, out: train(fx, out, "--config", str(fx / "not-yaml.yaml")), ["not valid YAML"]),
     "recipe not a mapping": (lambda fx, out: train(fx, out, "--config", str(fx / "list.yaml")), ["YAML mapping"]),
+    "null where a number goes": (
+        lambda fx, out: train(fx, out, "--config", str(fx / "null-beta.yaml")),
+        ["beta must be a number; got None"],
+    ),
+    "list where a number goes": (
+        lambda fx, out: train(fx, out, "--config", str(fx / "list-rate.yaml")),
+        ["learning_rate must be a finite number >= 0; got [1e-05, 2e-05]"],
+    ),
+    "mapping where a boolean goes": (
+        lambda fx, out: train(fx, out, "--config", str(fx / "mapping-flag.yaml")),
+        ["reference_free must be true or false; got {"],
+    ),
     "no dataset": (
         lambda fx, out: ["train", "--model_name_or_path", "x", "--output_dir", str(out), "--use_cpu", "true"],
         ["dataset_name"],
