@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..training.interruption import StopSignals
 from ..training.launch import LAUNCHED_ENV, launch_training
 from ..training.recipe import parse_recipe
 from ..utils.errors import ConfigError, UserError
@@ -59,8 +60,6 @@ def _train(argv, data_args, training_args, model_args) -> dict:
         return {"finished_already": True}
     if trainer.interrupted_by is not None:
         _exit_interrupted(trainer, argv)
-    trainer.save_model(training_args.output_dir)
-
     results = {
         "recipe": {"data": asdict(data_args), "model": asdict(model_args), "loss_type": training_args.loss_type},
         "train_pairs": len(train_pairs),
@@ -68,12 +67,22 @@ def _train(argv, data_args, training_args, model_args) -> dict:
         "train_seconds": round(train_seconds, 1),
         "log_history": trainer.state.log_history,
     }
-    if evaluator is not None:
-        started = time.perf_counter()
-        report = EvaluationReport(pairs=len(heldout), accuracy=evaluator.accuracies(heldout))
-        results["heldout"] = report.to_dict()
-        results["heldout_seconds"] = round(time.perf_counter() - started, 1)
-        print(report.table())
+    with StopSignals() as stop:  # scoring finishes; a signal meanwhile keeps the final outputs from being written
+        if evaluator is not None:
+            started = time.perf_counter()
+            report = EvaluationReport(pairs=len(heldout), accuracy=evaluator.accuracies(heldout))
+            results["heldout"] = report.to_dict()
+            results["heldout_seconds"] = round(time.perf_counter() - started, 1)
+            print(report.table())
+    if stop.received is not None:
+        checkpoints = sorted(path.name for path in Path(training_args.output_dir).glob("checkpoint-*"))
+        kept = f"its checkpoints ({', '.join(checkpoints[-2:])}) are kept" if checkpoints else "it saved no checkpoint"
+        print(
+            f"Stopped by {signal.Signals(stop.received).name} after training, during held-out scoring: no final model "
+            f"or metrics were written, so {training_args.output_dir} does not read as a finished run; {kept}."
+        )
+        sys.exit(128 + stop.received)
+    trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         output_dir = Path(training_args.output_dir)
         write_json(output_dir / "metrics.json", results)

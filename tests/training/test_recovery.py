@@ -258,3 +258,24 @@ def test_an_unreadable_trainer_state_is_one_error_naming_it(tmp_path):
     (run / "checkpoint-2" / "trainer_state.json").write_text("[1, 2, 3]")
     with pytest.raises(UserError, match="checkpoint-2 cannot be resumed: its trainer_state.json"):
         tiny_trainer(run, max_steps=4).train(resume_from_checkpoint=str(run / "checkpoint-2"))
+
+
+def test_sigterm_during_held_out_scoring_writes_no_final_outputs_and_says_so(tmp_path):
+    """Training is over, the held-out pairs are being scored: SIGTERM lets the scoring finish and then exits 143
+    without the final model or metrics, so the folder does not read as a finished run."""
+    checkpoint = save_checkpoint(tmp_path / "tiny-model")
+    data = write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(400))
+    run = tmp_path / "run"
+    argv = tiny_run(checkpoint, data, run, "--heldout_eval_pairs", "400", "--heldout_batch_size", "1")
+    log = tmp_path / "run.log"
+    with log.open("w") as output:
+        child = subprocess.Popen([sys.executable, "-m", "dpo_plugin.cli", *argv], stdout=output, stderr=output)
+        deadline = time.monotonic() + 300
+        while "Ranking pairs" not in log.read_text() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=300)
+    text = log.read_text()
+    assert child.returncode == 128 + signal.SIGTERM, text[-2000:]
+    assert "Stopped by SIGTERM after training, during held-out scoring: no final model or metrics" in text
+    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
