@@ -64,6 +64,40 @@ def check_model_folder(folder: Path, key: str = "model_name_or_path") -> None:
             raise UserError(f"{key}: {file} is missing; {weights.name} lists it as a shard of the weights.")
         if file.suffix == ".safetensors" and (problem := _truncation(file)):
             raise UserError(f"{key}: {problem}; copy or save the weights again.")
+    if names is WEIGHT_FILES and all(file.suffix == ".safetensors" for file in files):
+        _check_shapes(folder, files, key)
+
+
+def _check_shapes(folder: Path, files: list[Path], key: str) -> None:
+    """`UserError` naming the first weight whose shape in the safetensors headers differs from the shape the
+    folder's config.json builds (the model built on the meta device: no memory, no weights read)."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    architecture = getattr(transformers, (config.architectures or [""])[0], None)
+    if architecture is None or getattr(config, "quantization_config", None):
+        return  # a class transformers does not export, or packed quantized weights: left to from_pretrained
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in architecture(config).state_dict().items()}
+    except Exception:  # noqa: BLE001  (a model that cannot be built this way is left to from_pretrained)
+        return
+    for file in files:
+        for name, entry in _header(file).items():
+            if name in expected and tuple(entry["shape"]) != expected[name]:
+                raise UserError(
+                    f"{key}: {file} holds {name} of shape {list(entry['shape'])}, but {folder / 'config.json'} "
+                    f"builds it as {list(expected[name])}: the config is not the one these weights were saved with. "
+                    "Save the model again, or put back its own config.json."
+                )
+
+
+def _header(file: Path) -> dict:
+    """A safetensors file's header (checked whole by `_truncation` first), without its metadata."""
+    with file.open("rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    return {name: entry for name, entry in header.items() if name != "__metadata__"}
 
 
 def _shards(index: Path) -> list[str]:

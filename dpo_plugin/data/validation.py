@@ -97,11 +97,14 @@ def validate_preference_dataset(
 def _find_problems(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> list[RowProblem]:
     """The first problem of each invalid row, in row order."""
     problems = []
+    conversational = isinstance(dataset[0]["prompt"], list) if len(dataset) else False  # row 0 sets the format
     for start in range(0, len(dataset), TOKENIZE_BATCH_SIZE):
         rows = dataset[start : start + TOKENIZE_BATCH_SIZE]
         batch = [dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)]
         batch_problems = {
-            index: problem for index, row in enumerate(batch) if (problem := _row_problem(row, start + index))
+            index: problem
+            for index, row in enumerate(batch)
+            if (problem := _row_problem(row, start + index, conversational))
         }
         if max_length is not None:
             well_formed = [index for index in range(len(batch)) if index not in batch_problems]
@@ -118,9 +121,13 @@ def _find_problems(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_len
     return problems
 
 
-def _row_problem(row: dict[str, Any], index: int) -> RowProblem | None:
-    """The first structural problem of one row, or ``None``."""
-    conversational = isinstance(row["prompt"], list)
+def _row_problem(row: dict[str, Any], index: int, conversational: bool) -> RowProblem | None:
+    """The first structural problem of one row, or ``None``: every row must be in the format of row 0, message
+    lists (`conversational`) or strings, as TRL tokenizes a dataset in one format."""
+    if isinstance(row["prompt"], list) != conversational and row["prompt"] is not None:
+        found = "a message list" if isinstance(row["prompt"], list) else f"a {type(row['prompt']).__name__}"
+        kind = "message lists" if conversational else "strings"
+        return RowProblem(index, "prompt", f"{found} where row 0 has {kind}", f"{kind} in every row, as in row 0")
     for field in PREFERENCE_COLUMNS:
         if problem := _field_problem(row[field], conversational):
             reason, expected = problem

@@ -1,6 +1,7 @@
 """Bad input, as a new user makes it, ends in one line naming the thing and what to do, exit code 2, no traceback and
 nothing written: one table row per mistake, for every command."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def fx(tmp_path_factory) -> Path:
     (root / "not-yaml.yaml").write_text("model_name_or_path: [unclosed\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "typo.yaml").write_text("model_name_or_path: x\nlerning_rate: 1.0e-3\n")
+    shutil.copytree(root / "tiny", root / "other-shapes")
+    config = json.loads((root / "tiny" / "config.json").read_text()) | {"hidden_size": 48}
+    (root / "other-shapes" / "config.json").write_text(json.dumps(config))
+    (root / "mixed.jsonl").write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+        '{"prompt": [{"role": "user", "content": "a"}], "chosen": [{"role": "assistant", "content": "b"}], '
+        '"rejected": [{"role": "assistant", "content": "c"}]}\n'
+    )
     (root / "null-beta.yaml").write_text("beta: null\n")
     (root / "list-rate.yaml").write_text("learning_rate: [1.0e-5, 2.0e-5]\n")
     (root / "mapping-flag.yaml").write_text("reference_free: {on: true}\n")
@@ -94,6 +103,14 @@ CASES = {
     ),
     "recipe not yaml": (lambda fx, out: train(fx, out, "--config", str(fx / "not-yaml.yaml")), ["not valid YAML"]),
     "recipe not a mapping": (lambda fx, out: train(fx, out, "--config", str(fx / "list.yaml")), ["YAML mapping"]),
+    "config not the weights' own": (
+        lambda fx, out: train(fx, out, model=fx / "other-shapes"),
+        ["model.safetensors holds", "config.json builds it as", "not the one these weights were saved with"],
+    ),
+    "string and conversational rows mixed": (
+        lambda fx, out: train(fx, out, data=fx / "mixed.jsonl"),
+        ["row 1, field 'prompt': a message list where row 0 has strings", "skip_invalid_rows"],
+    ),
     "null where a number goes": (
         lambda fx, out: train(fx, out, "--config", str(fx / "null-beta.yaml")),
         ["beta must be a number; got None"],
