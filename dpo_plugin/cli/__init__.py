@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from jinja2 import TemplateError
+
 from ..utils.errors import UserError
 from ..utils.quiet import VERBOSE_ENV, quiet_library_warnings
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"dpo-plugin {command}: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    except (UserError, OSError) as error:  # a bug, any other exception, shows its traceback
+    except (UserError, OSError, TemplateError) as error:  # a bug, any other exception, shows its traceback
         if os.environ.get(DEBUG_ENV) == "1":
             raise
         print(f"dpo-plugin {command}: error: {user_message(error)}", file=sys.stderr)
@@ -78,7 +80,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def user_message(error: BaseException) -> str:
-    """What the user reads: the message, with a missing file's path (an `OSError` names it apart from its text)."""
+    """What the user reads: the message, with a missing file's path (an `OSError` names it apart from its text), or
+    what a chat template that failed (refused by the sandbox, malformed) needs."""
+    if isinstance(error, TemplateError):
+        return (
+            f"the tokenizer's chat template failed ({type(error).__name__}: {error}): fix the template "
+            "(chat_template.jinja or tokenizer_config.json in the model folder), or use string rows."
+        )
     if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
         return f"{error.strerror or error}: {error.filename}"
     return str(error)

@@ -11,6 +11,7 @@ from helpers import cli_error, make_model, make_pairs, make_tokenizer, save_chec
 from dpo_plugin.cli import main
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,12 @@ def fx(tmp_path_factory) -> Path:
         '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
         '{"prompt": [{"role": "user", "content": "a"}], "chosen": [{"role": "assistant", "content": "b"}], '
         '"rejected": [{"role": "assistant", "content": "c"}]}\n'
+    )
+    shutil.copytree(root / "tiny", root / "unsafe-template")
+    (root / "unsafe-template" / "chat_template.jinja").write_text("{{ ''.__class__.__mro__ }}")
+    conversation = {role: [{"role": "user" if role == "prompt" else "assistant", "content": role}] for role in COLUMNS}
+    (root / "conversations.jsonl").write_text(
+        (json.dumps(conversation | {"rejected": [{"role": "assistant", "content": "no"}]}) + "\n") * 4
     )
     (root / "null-beta.yaml").write_text("beta: null\n")
     (root / "list-rate.yaml").write_text("learning_rate: [1.0e-5, 2.0e-5]\n")
@@ -110,6 +117,10 @@ CASES = {
     "string and conversational rows mixed": (
         lambda fx, out: train(fx, out, data=fx / "mixed.jsonl"),
         ["row 1, field 'prompt': a message list where row 0 has strings", "skip_invalid_rows"],
+    ),
+    "chat template refused by the sandbox": (
+        lambda fx, out: train(fx, out, model=fx / "unsafe-template", data=fx / "conversations.jsonl"),
+        ["the tokenizer's chat template failed (SecurityError", "chat_template.jinja"],
     ),
     "null where a number goes": (
         lambda fx, out: train(fx, out, "--config", str(fx / "null-beta.yaml")),
