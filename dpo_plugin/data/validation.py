@@ -94,6 +94,33 @@ def validate_preference_dataset(
     return dataset.select([row for row in range(len(dataset)) if row not in invalid_rows])
 
 
+def report_truncated_pairs(dataset, max_length: int | None, truncation_mode: str) -> int:
+    """The pairs of a tokenized dataset (TRL's `prompt_ids`, `chosen_ids`, `rejected_ids`) longer than `max_length`
+    in prompt + completion tokens, which TRL's collator cuts to it: counted and said in one warning, with the longest
+    pair's length, instead of cut silently. 0 without a limit or a tokenized map-style dataset."""
+    columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+    if max_length is None or not hasattr(dataset, "column_names") or not set(columns) <= set(dataset.column_names):
+        return 0
+    import pyarrow.compute as pc
+
+    arrow = dataset.with_format("arrow")  # the rows as selected (an index mapping respected), without copying
+    prompt, chosen, rejected = (pc.list_value_length(arrow[column]) for column in columns)
+    lengths = pc.add(prompt, pc.max_element_wise(chosen, rejected)).to_pylist()  # counted in Arrow, not Python lists
+    cut = sum(length > max_length for length in lengths)
+    if cut:
+        end = "end of the completions" if truncation_mode == "keep_start" else "start of the prompts"
+        logger.warning(
+            "%d of %d pairs are longer than max_length=%d tokens (the longest: %d), so training cuts the %s: raise "
+            "max_length to keep them whole.",
+            cut,
+            len(lengths),
+            max_length,
+            max(lengths),
+            end,
+        )
+    return cut
+
+
 def _find_problems(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> list[RowProblem]:
     """The first problem of each invalid row, in row order."""
     problems = []

@@ -21,7 +21,7 @@ from transformers.trainer_utils import TrainOutput
 from trl import DPOTrainer
 
 from ..data.formats import normalize_preference_dataset
-from ..data.validation import validate_preference_dataset
+from ..data.validation import report_truncated_pairs, validate_preference_dataset
 from ..objectives.logprobs import completion_lengths
 from ..objectives.losses import TOKEN_LEVEL_OBJECTIVES, PreferenceLoss, dpo_loss, ipo_loss, tdpo_loss
 from ..objectives.metrics import step_metrics
@@ -232,6 +232,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             reference.model = self.ref_model if reference.separate else self.model  # as accelerate prepared them
         if args.qlora_adapter_dtype == "float32":
             self._adapters_in_float32()
+        self.truncated_pairs = report_truncated_pairs(self.train_dataset, args.max_length, args.truncation_mode)
         self.reference_report = None
         if self.reference is not None and self.reference.kind == CHECKPOINT:
             self.reference, self.reference_report, logged = prepare_reference(

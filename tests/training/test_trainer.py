@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_model, tiny_args
+from helpers import make_model, make_pairs, tiny_args
 from trl import DPOConfig, DPOTrainer
 
 from dpo_plugin.training.config import PreferenceConfig
@@ -232,3 +232,20 @@ def test_a_config_that_is_not_a_dpo_config_is_refused_in_one_line(tokenizer, pai
             processing_class=tokenizer,
         )
     assert "TrainingArguments" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_pairs_longer_than_max_length_are_counted_and_said_in_one_line(tokenizer, tmp_path, caplog):
+    """TRL's collator cuts them at training time: the trainer counts them (as a direct count over the tokenized rows
+    does) and says so once, with the longest pair's length."""
+    with caplog.at_level("WARNING", logger="dpo_plugin"):
+        trainer = PreferenceTrainer(
+            model=make_model(len(tokenizer)),
+            args=tiny_args(PreferenceConfig, tmp_path, max_length=40),
+            train_dataset=make_pairs(16),
+            processing_class=tokenizer,
+        )
+    rows = trainer.train_dataset
+    lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
+    expected = sum(length > 40 for length in lengths)
+    assert 0 < expected < len(rows) and trainer.truncated_pairs == expected
+    assert f"{expected} of 16 pairs are longer than max_length=40 tokens (the longest: {max(lengths)})" in caplog.text
