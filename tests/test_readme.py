@@ -24,7 +24,9 @@ def run_example(containing: str, tmp_path, monkeypatch) -> dict:
 
 @pytest.mark.slow
 def test_readme_trainer_example_runs(tmp_path, monkeypatch):
-    trainer = run_example("PreferenceTrainer(", tmp_path, monkeypatch)["trainer"]
+    trainer = run_example("from dpo_plugin import PreferenceConfig, PreferenceTrainer", tmp_path, monkeypatch)[
+        "trainer"
+    ]
     assert trainer.state.global_step == 4
     summary = trainer.state.log_history[-1]  # TRL folds the step metrics into the closing log entry
     assert summary["kl/chosen"] >= 0 and summary["kl/rejected"] >= 0

@@ -129,7 +129,7 @@ class OnlinePreferenceConfig(PreferenceConfig):
                 "reward_model_path is not read (TRL's OnlineDPOTrainer does not read it either): put the reward "
                 f"model's path in reward_funcs instead, e.g. reward_funcs: [{self.reward_model_path}]."
             )
-        check(self, ONLINE_RULES)
+        check(self, ONLINE_RULES, types=False)  # PreferenceConfig's checks read every field's type, after its own
         if self.reference_update == "previous_round" and self.builds_reference:
             raise ConfigError(
                 "reference_update: previous_round makes each round's reference from the policy in memory, and "

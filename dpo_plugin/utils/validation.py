@@ -104,13 +104,16 @@ def each(rule: Rule, *, empty_ok: bool = False) -> Rule:
     )
 
 
-def check(config: Any, rules: Mapping[str, Rule]) -> None:
-    """`ConfigError` for the first key of `rules` whose value is set and fails its rule, then for the first field
-    whose value is not of its annotated type (`typed_fields`)."""
+def check(config: Any, rules: Mapping[str, Rule], types: bool = True) -> None:
+    """`ConfigError` for the first key of `rules` whose value is set and fails its rule, then (unless `types` is
+    False: a subclass whose parent's `__post_init__` checks the same object again, once its values are normalized)
+    for the first field whose value is not of its annotated type (`typed_fields`)."""
     for name, rule in rules.items():
         value = getattr(config, name)
         if value is not None and not rule.test(value):
             raise ConfigError(rule.error(name, value))
+    if not types:
+        return
     for name, rule in typed_fields(type(config)).items():
         value = getattr(config, name)
         if not rule.test(value):
