@@ -17,41 +17,24 @@ RUNS = {"full-fixed": (False, "fixed"), "lora-previous_round": (True, "previous_
 UNPINNED = ("time/",)  # wall time differs run to run
 
 
-def a_count(prompts, completions):
-    """The reward the policy learns: how many times the letter a appears in its completion."""
-    return [float(completion.count("a")) for completion in completions]
-
-
 def run(name: str, folder: Path) -> list[dict]:
     """The per-round metrics of run `name`, without wall times."""
     from datasets import Dataset
-    from helpers import make_model, make_tokenizer, tiny_args
+    from helpers import make_model, make_tokenizer
     from peft import LoraConfig
+    from test_online import a_count, online_args, prompts  # imported here: test_online imports this module
 
-    from dpo_plugin import OnlinePreferenceConfig, OnlinePreferenceTrainer
+    from dpo_plugin import OnlinePreferenceTrainer
 
     lora, reference_update = RUNS[name]
     tokenizer = make_tokenizer()
-    args = tiny_args(
-        OnlinePreferenceConfig,
-        folder,
-        rounds=2,
-        prompts_per_round=8,
-        samples_per_prompt=4,
-        max_new_tokens=8,
-        sampling_batch_size=8,
-        per_device_train_batch_size=4,
-        learning_rate=0.05 if lora else 0.02,
-        max_steps=-1,
-        logging_steps=1,
-        reference_update=reference_update,
-    )
+    args = online_args(folder, rounds=2, learning_rate=0.05 if lora else 0.02, reference_update=reference_update)
     peft = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if lora else None
     trainer = OnlinePreferenceTrainer(
         model=make_model(len(tokenizer)),
         reward_funcs=a_count,
         args=args,
-        train_dataset=Dataset.from_list([{"prompt": f"Q{i}: write"} for i in range(16)]),
+        train_dataset=prompts(16),
         eval_dataset=Dataset.from_list([{"prompt": f"Held out {i}:"} for i in range(4)]),
         processing_class=tokenizer,
         peft_config=peft,
