@@ -28,6 +28,7 @@ RULES = {
     "eval_pairs": integer_at_least(0),
     "eval_generations": integer_at_least(0),
     "batch_size": integer_at_least(1),
+    "sampling_batch_size": integer_at_least(1),
     "max_new_tokens": integer_at_least(1),
     "max_length": integer_at_least(2),
     "temperature": number_above(0.0, "(sampling)"),
@@ -76,7 +77,11 @@ class EvalConfig(ReferenceQuantizationArguments):
         default=None, metadata={"help": "A sequence-classification reward model (num_labels=1) to rate samples."}
     )
     beta: float = field(default=0.1, metadata={"help": "β of the implicit reward β log π_θ/π_ref (reported only)."})
-    batch_size: int = field(default=16, metadata={"help": "Pairs, prompts or texts per model call."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs or texts per scoring call."})
+    sampling_batch_size: int = field(
+        default=64,
+        metadata={"help": "Prompts per sampling call (generate's rows): large calls sample fastest."},
+    )
     max_length: int | None = field(
         default=1024, metadata={"help": "Truncate prompt + completion to this many tokens when scoring."}
     )
@@ -128,6 +133,7 @@ def evaluate(argv: list[str]) -> dict:
         tokenizer,
         config.batch_size,
         config.max_length,
+        config.sampling_batch_size,
     )
     report = EvaluationReport(pairs=min(config.eval_pairs, len(pairs)), accuracy={})
     if config.eval_pairs:

@@ -25,8 +25,9 @@ ModelInContext = tuple[torch.nn.Module, Callable[[], AbstractContextManager]]
 
 
 class HeldoutEvaluator:
-    """Preference accuracy and sampled completions of `policy` against `reference`, `batch_size` rows per model call,
-    sequences truncated to `max_length` tokens (None: not truncated).
+    """Preference accuracy and sampled completions of `policy` against `reference`, `batch_size` rows per scoring
+    call, sequences truncated to `max_length` tokens (None: not truncated), `sampling_batch_size` prompts per sampling
+    call (default `batch_size`; sampling is fastest in large calls).
 
     Before training, `keep_scores_before_training` scores held-out pairs that training would otherwise make
     unscoreable: the reference's, where the reference is the policy before training (precomputed log-probs, no
@@ -41,9 +42,11 @@ class HeldoutEvaluator:
         tokenizer,
         batch_size: int = 16,
         max_length: int | None = None,
+        sampling_batch_size: int | None = None,
     ):
         self.policy, self.tokenizer = policy, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
+        self.sampling_batch_size = sampling_batch_size or batch_size
         self.reference_model, self.reference_context = reference
         self.live_reference = self._scorer(reference)
         self.reference_scores: SequenceScorer | FrozenScores = self.live_reference
@@ -95,7 +98,7 @@ class HeldoutEvaluator:
         if sample_from == "reference":
             sampler = CompletionSampler(self.reference_model, self.tokenizer, generation, self.reference_context)
             return sampled_completions(
-                sampler, prompts, rewards, None, self.batch_size, seed, "Sampling from the reference"
+                sampler, prompts, rewards, None, self.sampling_batch_size, seed, "Sampling from the reference"
             )
         if self.reference_scores is not self.live_reference:
             raise ValueError(
@@ -107,7 +110,7 @@ class HeldoutEvaluator:
             sampler = CompletionSampler(model, self.tokenizer, generation, context)
             kl_scorers = (self._scorer(self.policy), self.live_reference)
             return sampled_completions(
-                sampler, prompts, rewards, kl_scorers, self.batch_size, seed, "Sampling from the policy"
+                sampler, prompts, rewards, kl_scorers, self.sampling_batch_size, seed, "Sampling from the policy"
             )
 
     def _scorer(self, model_in_context: ModelInContext) -> SequenceScorer:

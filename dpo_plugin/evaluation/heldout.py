@@ -19,6 +19,7 @@ from dpo_plugin_envs import RewardFn  # importing it registers the environments,
 from tqdm.auto import tqdm
 
 from .policies import CompletionSampler, PreferenceChooser
+from .rollout import sample_groups
 from .scoring import SequenceScorer
 
 STARTING_POINT_RANKING = "policy, by implicit reward vs its start"
@@ -103,50 +104,32 @@ def sampled_completions(
     prompts: Sequence[str],
     rewards: Mapping[str, RewardFn],
     kl_scorers: tuple[SequenceScorer, SequenceScorer] | None = None,
-    batch_size: int = 16,
+    prompts_per_call: int = 16,
     seed: int = 0,
     desc: str = "Sampling completions",
 ) -> SampleReport:
-    """Sample one completion per prompt and step Completion-v0 with it; with `kl_scorers` (policy, reference), also
-    average log π_θ(y|x) − log π_ref(y|x) over the samples."""
+    """One completion of each prompt through the one rollout (`rollout.sample_groups`, group size 1), rated by each
+    of `rewards`; with `kl_scorers` (policy, reference), also log π_θ(y|x) − log π_ref(y|x) of each sample, scored on
+    exactly the sampled tokens. Every per-prompt value in prompt order."""
+    rows = [{"prompt": prompt} for prompt in prompts]
+    rollout = sample_groups(sampler, rows, rewards, 1, prompts_per_call, seed, desc=desc)
+    groups = rollout.groups  # longest prompt first: the KL is scored in that order, batches of one length
+    series = {name: [group.components[name][0] for group in groups] for name in rewards}
+    if kl_scorers is not None:
+        policy, reference = kl_scorers
+        prompt_ids = [group.prompt_ids for group in groups]
+        completion_ids = [group.completion_ids[0] for group in groups]
+        log_ratios = policy.score_ids(prompt_ids, completion_ids) - reference.score_ids(prompt_ids, completion_ids)
+        series["kl"] = log_ratios.tolist()
+    in_prompt_order = sorted(range(len(groups)), key=lambda i: groups[i].row)
+    series = {name: [values[i] for i in in_prompt_order] for name, values in series.items()}
+    examples = [{"prompt": groups[i].prompt, "completion": groups[i].completions[0]} for i in in_prompt_order[:8]]
     n = len(prompts)
-    env = gymnasium.make_vec(
-        "dpo_plugin/Completion-v0",
-        num_envs=min(batch_size, n),
-        vectorization_mode="vector_entry_point",
-        dataset=[{"prompt": prompt} for prompt in prompts],
-        reward_fn=dict(rewards),
-        processing_class=sampler.tokenizer,
-    )
-    observations, _ = env.reset(seed=seed)
-    torch.manual_seed(seed)
-    components: dict[str, list[float]] = {name: [] for name in rewards}
-    kls: list[float] = []
-    examples: list[dict[str, str]] = []
-    with tqdm(total=n, desc=desc, unit="completion") as progress:
-        while len(examples) < n:
-            samples = sampler.sample(list(observations))
-            keep = min(len(samples.texts), n - len(examples))
-            if kl_scorers is not None:
-                policy, reference = kl_scorers
-                log_ratios = policy.score_ids(samples.prompt_ids, samples.completion_ids) - reference.score_ids(
-                    samples.prompt_ids, samples.completion_ids
-                )
-                kls += log_ratios[:keep].tolist()
-            step_prompts = list(observations)
-            observations, _, _, _, infos = env.step(tuple(samples.texts))
-            for name in components:
-                components[name] += infos["final_info"]["reward_components"][name][:keep].tolist()
-            kept = zip(step_prompts[:keep], samples.texts[:keep], strict=True)
-            examples += [{"prompt": prompt, "completion": completion} for prompt, completion in kept]
-            progress.update(keep)
-    env.close()
-    series = components | ({"kl": kls} if kl_scorers else {})
     return SampleReport(
         completions=n,
-        rewards={name: sum(values) / n for name, values in components.items()},
-        kl=sum(kls) / n if kl_scorers else None,
-        examples=examples[:8],
+        rewards={name: sum(series[name]) / n for name in rewards},
+        kl=sum(series["kl"]) / n if kl_scorers else None,
+        examples=examples,
         standard_errors={name: standard_error(values) for name, values in series.items()},
         per_prompt=series,
     )

@@ -26,20 +26,24 @@ import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
+from peft import get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
     PrinterCallback,
     ProgressCallback,
     TrainerCallback,
     TrainerState,
+    set_seed,
 )
-from trl.data_utils import maybe_apply_chat_template
 
 from ..evaluation.evaluator import HeldoutEvaluator
 from ..evaluation.policies import PURE_SAMPLING, CompletionSampler
-from ..evaluation.scoring import SequenceScorer, prompt_token_ids
+from ..evaluation.rollout import Rollout, prompt_rows, prompt_texts, sample_groups
+from ..evaluation.scoring import SequenceScorer
 from ..training.interruption import StopSignals
 from ..training.reference import frozen_copy
 from ..training.run_identity import as_json, differences, lora_settings
@@ -51,7 +55,6 @@ from ..utils.modes import in_eval_mode
 from .config import OnlinePreferenceConfig
 from .pairs import group_pairs
 from .rewards import trl_reward_functions, with_trainer_state
-from .rollout import RoundSamples, sample_groups
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -156,15 +159,27 @@ class OnlinePreferenceTrainer:
         self.generation_config = GenerationConfig(**(PURE_SAMPLING | args.generation))
         if isinstance(model, str):
             model = create_model_from_path(model, **(args.model_init_kwargs or {}))
+        if peft_config is not None:
+            if is_peft_model(model):
+                raise ConfigError(
+                    "model already has PEFT adapters and peft_config asks for new ones: pass the adapters' base model "
+                    "with peft_config, or the PEFT model alone (its adapters then train), as TRL requires."
+                )
+            set_seed(args.seed)  # the adapters' initial weights, drawn as TRL's trainer draws them for this seed
+            model = get_peft_model(model, peft_config)
         self.model = model.to(args.device)
         self.peft_config, self.callbacks = peft_config, callbacks
-        self.lora = peft_config is not None or is_peft_model(model)
-        # π_0, the policy as passed: a LoRA policy's base is its adapters off; a full-parameter one is copied, the
-        # fixed reference and what the KL of every round's samples is measured against
-        self.initial = None if self.lora else frozen_copy(self.model)
-        if ref_model is None and not self.lora and not args.builds_reference:
-            ref_model = self.initial
+        lora = is_peft_model(self.model)
+        # π_0, the policy as passed, held once (model, context): what the KL of every round's samples is measured
+        # against, and the fixed reference; a LoRA policy's base (its adapters off), a full-parameter policy's copy
+        self.start = (self.model, self._base_context) if lora else (frozen_copy(self.model), self._autocast)
+        if ref_model is None and not lora and not args.builds_reference:
+            ref_model = self.start[0]
         self.ref_model = ref_model
+        # `previous_round`: each round's reference is the policy as the round starts; a LoRA policy's is TRL's own
+        # copy of its adapters (the `ref` adapter `DPOTrainer` adds), a full-parameter policy's a frozen copy
+        self.copies_policy_as_reference = args.reference_update == "previous_round" and not lora
+        self.load_round_policy = _load_adapters if lora else _load_weights  # what a round folder holds
         self.rounds: list[dict] = []
         self.state = TrainerState()  # TRL's record of the run: each round's metrics, then the run's summary
         self.ranking = with_trainer_state(self.rewards, self.state)  # what ranks each round's samples
@@ -267,42 +282,38 @@ class OnlinePreferenceTrainer:
         start = index * self.args.prompts_per_round
         return [self.prompt_rows[order[i % len(order)]] for i in range(start, start + self.args.prompts_per_round)]
 
-    def _sample(self, rows: list[dict], seed: int) -> RoundSamples:
+    def _sample(self, rows: list[dict], seed: int) -> Rollout:
         with in_eval_mode(self.model) as policy:
             sampler = CompletionSampler(policy, self.tokenizer, self.args.generation, self._autocast)
             return sample_groups(
                 sampler,
-                sorted_by_length(rows, self.tokenizer),
+                rows,
                 self.ranking,
-                dict(zip(self.rewards, self.args.reward_weights, strict=True)) if self.args.reward_weights else None,
                 self.args.samples_per_prompt,
                 self.args.sampling_batch_size,
                 seed,
+                reward_weights=dict(zip(self.rewards, self.args.reward_weights, strict=True))
+                if self.args.reward_weights
+                else None,
                 missing_eos_penalty=self.args.missing_eos_penalty,
                 progress=not self.args.disable_tqdm,
                 should_stop=lambda: self._stop.received is not None,
             )
 
     def _round_reference(self, index: int) -> torch.nn.Module | None:
-        """The `ref_model` of round `index`'s `PreferenceTrainer` (None: it chooses): `fixed`, the initial policy (or
-        the `ref_model` passed in; a LoRA policy's base, adapters off); `previous_round`, a frozen copy of the policy
-        as the round starts, or for LoRA TRL's own copy of its adapters (the `ref` adapter `DPOTrainer` adds)."""
-        if self.args.reference_update == "fixed" or self.lora:
-            return self.ref_model
-        return frozen_copy(self.model)
+        """The `ref_model` of round `index`'s `PreferenceTrainer` (None: it chooses, see `copies_policy_as_reference`):
+        `fixed`, π_0 (or the `ref_model` passed in; None for a LoRA policy, whose base with its adapters off is its
+        trainer's reference once the `ref` adapter is dropped); `previous_round`, the policy as the round starts."""
+        return frozen_copy(self.model) if self.copies_policy_as_reference else self.ref_model
 
-    def _kl_to_initial(self, samples: RoundSamples) -> float:
+    def _kl_to_initial(self, samples: Rollout) -> float:
         """Mean over the round's samples of log π_θ(y|x) − log π_0(y|x), π_0 the initial policy, scored on exactly
         the sampled tokens (no padding): the KL axis of the reward–KL frontier, whatever the reference schedule."""
-        if self.lora and not is_peft_model(self.model):
-            return 0.0  # before its trainer adds the adapters, a LoRA policy is its base
         prompt_ids = [group.prompt_ids for group in samples.groups for _ in group.completion_ids]
         completion_ids = [ids for group in samples.groups for ids in group.completion_ids]
         batch = self.args.sampling_batch_size * self.args.samples_per_prompt
-        initial = self.model if self.lora else self.initial
-        initial_context = self._base_context if self.lora else self._autocast
         policy = SequenceScorer(self.model, self.tokenizer, None, batch, self._autocast)
-        start = SequenceScorer(initial, self.tokenizer, None, batch, initial_context)
+        start = SequenceScorer(self.start[0], self.tokenizer, None, batch, self.start[1])
         with in_eval_mode(self.model):
             log_ratios = policy.score_ids(prompt_ids, completion_ids) - start.score_ids(prompt_ids, completion_ids)
         return log_ratios.mean().item()
@@ -331,7 +342,6 @@ class OnlinePreferenceTrainer:
                 args=args,
                 train_dataset=pairs,
                 processing_class=self.tokenizer,
-                peft_config=self.peft_config if not is_peft_model(self.model) else None,
                 callbacks=self.callbacks,
             )
             if self.args.reference_update == "fixed":
@@ -408,7 +418,7 @@ class OnlinePreferenceTrainer:
             self._log(metrics)
         if (folder / START_EVAL_FILE).is_file():
             self.start_eval = json.loads((folder / START_EVAL_FILE).read_text())
-        self._load_policy(folder / f"round-{done[-1]}")
+        self.load_round_policy(self.model, folder / f"round-{done[-1]}")
         if done[-1] + 1 == self.args.rounds:
             logger.info("All %d rounds are complete in %s: nothing to train.", self.args.rounds, folder)
         else:
@@ -429,20 +439,6 @@ class OnlinePreferenceTrainer:
                 f"{round_folder.parent} holds rounds of another run ({changed}): give a new output_dir, or the recipe "
                 "of that run to resume it."
             )
-
-    def _load_policy(self, round_folder: Path) -> None:
-        if not self.lora:
-            from transformers import AutoModelForCausalLM
-
-            saved = AutoModelForCausalLM.from_pretrained(round_folder, dtype=self.model.dtype)
-            self.model.load_state_dict(saved.state_dict())
-            return
-        from peft import get_peft_model, set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        if not is_peft_model(self.model):
-            self.model = get_peft_model(self.model, self.peft_config)
-        set_peft_model_state_dict(self.model, load_file(round_folder / "adapter_model.safetensors"))
 
 
 class HeldoutSampling:
@@ -465,13 +461,15 @@ class HeldoutSampling:
 
     def _evaluate(self, policy: torch.nn.Module, prompts: list[str]) -> dict:
         trainer = self.trainer
-        if trainer.lora and not is_peft_model(policy):  # a LoRA policy before its adapters: its own start
-            start = (policy, trainer._autocast)
-        else:
-            start = (policy, trainer._base_context) if trainer.lora else (trainer.initial, trainer._autocast)
-        batch_size = trainer.args.per_device_eval_batch_size
-        evaluator = HeldoutEvaluator((policy, trainer._autocast), start, trainer.tokenizer, batch_size)
-        report = evaluator.samples(prompts, self.rewards, trainer.args.generation, seed=0)
+        args = trainer.args
+        evaluator = HeldoutEvaluator(
+            (policy, trainer._autocast),
+            trainer.start,
+            trainer.tokenizer,
+            args.per_device_eval_batch_size,
+            sampling_batch_size=args.sampling_batch_size * args.samples_per_prompt,  # the round sampler's rows a call
+        )
+        report = evaluator.samples(prompts, self.rewards, args.generation, seed=0)
         values = {**{f"reward/{name}": value for name, value in report.rewards.items()}, "kl": report.kl}
         names = {**{name: f"reward/{name}" for name in report.rewards}, "kl": "kl"}
         return values | {f"{names[key]}_se": error for key, error in report.standard_errors.items()}
@@ -506,10 +504,14 @@ class StepBar(TrainerCallback):
         self.bar.close()
 
 
-def sorted_by_length(rows: list[dict], tokenizer) -> list[dict]:
-    """Prompt `rows`, longest prompt first in tokens (a stable sort): the prompts a sampling call batches together
-    are of about one length, so little of each call is padding."""
-    return sorted(rows, key=lambda row: -len(prompt_token_ids(tokenizer, row["prompt"])))
+def _load_adapters(model, round_folder: Path) -> None:
+    """The LoRA adapters saved in `round_folder`, loaded into the PEFT `model`."""
+    set_peft_model_state_dict(model, load_file(round_folder / "adapter_model.safetensors"))
+
+
+def _load_weights(model, round_folder: Path) -> None:
+    """The full-parameter policy saved in `round_folder`, loaded into `model`."""
+    model.load_state_dict(AutoModelForCausalLM.from_pretrained(round_folder, dtype=model.dtype).state_dict())
 
 
 def _drop_ref_adapter(model) -> None:
@@ -518,7 +520,7 @@ def _drop_ref_adapter(model) -> None:
         model.delete_adapter(REF_ADAPTER)
 
 
-def _sample_metrics(samples: RoundSamples, eos_id: int | None) -> dict:
+def _sample_metrics(samples: Rollout, eos_id: int | None) -> dict:
     """The round's samples: reward mean and std, the mean reward spread within groups, completion length (tokens)
     and the fraction ending in EOS, and the seconds spent sampling and ranking."""
     rewards = [reward for group in samples.groups for reward in group.rewards]
@@ -542,23 +544,3 @@ def _reward_weights(weights: list[float] | None, count: int) -> torch.Tensor:
     if len(weights) != count:
         raise ConfigError(f"reward_weights has {len(weights)} weights for {count} reward functions: give one each.")
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def prompt_rows(dataset: Dataset | None, tokenizer) -> list[dict]:
-    """The dataset's rows with their prompts as the policy completes them (`prompt_texts`) and every other column
-    as it is: what the reward functions get, as TRL passes a dataset's columns."""
-    texts = prompt_texts(dataset, tokenizer)
-    others = [name for name in dataset.column_names if name != "prompt"]
-    columns = {name: dataset[name] for name in others}
-    return [{"prompt": text, **{name: values[i] for name, values in columns.items()}} for i, text in enumerate(texts)]
-
-
-def prompt_texts(dataset: Dataset | None, tokenizer) -> list[str]:
-    """The prompt texts the policy completes: string prompts as they are, conversations through the chat template
-    with the generation prompt (as TRL renders them)."""
-    if dataset is None or "prompt" not in dataset.column_names:
-        raise UserError("train_dataset needs a `prompt` column: the prompts the policy completes each round.")
-    if len(dataset) == 0:
-        raise UserError("train_dataset has no prompts.")
-    rendered = (maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer) for row in dataset)
-    return [row["prompt"] for row in rendered]

@@ -67,9 +67,24 @@ def test_sampled_rewards_and_kl(tokenizer, text_pairs):
         return [float(len(c)) for c in completions]
 
     scorer = SequenceScorer(model, tokenizer)
-    report = sampled_completions(sampler, prompts, {"length": length}, (scorer, scorer), batch_size=3)
+    report = sampled_completions(sampler, prompts, {"length": length}, (scorer, scorer), prompts_per_call=3)
     assert report.completions == 7 and calls == [3, 3, 3]  # one reward call per vector step
     written = [example["completion"] for example in report.examples]
     assert [example["prompt"] for example in report.examples] == prompts
     assert report.rewards["length"] == pytest.approx(sum(map(len, written)) / 7)
     assert report.kl == 0.0  # a model against itself
+
+
+def test_sampled_values_come_back_in_prompt_order_though_sampled_longest_first(tokenizer):
+    prompts = ["a b", "a b c d e f g h", "a", "a b c d e f g h i j k l", "a b c d"]
+    sampler = CompletionSampler(make_model(len(tokenizer)), tokenizer, {"max_new_tokens": 3})
+    served = []
+
+    def prompt_length(prompts, completions):
+        served.append(list(prompts))
+        return [float(len(prompt)) for prompt in prompts]
+
+    report = sampled_completions(sampler, prompts, {"prompt_length": prompt_length}, prompts_per_call=2)
+    assert served[:2] == [[prompts[3], prompts[1]], [prompts[4], prompts[0]]]  # longest first, two a call
+    assert report.per_prompt["prompt_length"] == [float(len(prompt)) for prompt in prompts]
+    assert [example["prompt"] for example in report.examples] == prompts

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pinned_rounds
 import pytest
+import torch
 from datasets import Dataset
 from helpers import cli_error, make_model, make_pairs, save_checkpoint, tiny_args, write_splits
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer
 
 from dpo_plugin import OnlinePreferenceConfig, OnlinePreferenceTrainer
 from dpo_plugin.cli import main
@@ -155,6 +157,58 @@ def test_rounds_leave_the_models_forward_as_they_found_it_and_write_nothing_but_
     if not lora:
         assert "forward" not in vars(trainer.ref_model)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["round-0", "round-1", "round-2"]
+
+
+def test_a_lora_policy_is_wrapped_once_with_the_adapters_trl_would_draw(tokenizer, tmp_path):
+    """`peft_config` wraps the policy in `__init__`, with the initial adapters TRL's `DPOTrainer` draws for the same
+    seed; the rounds train that one PEFT model in place (no second wrapper), and a PEFT model given with a
+    `peft_config` is refused, as TRL refuses it."""
+    trainer = online_trainer(tokenizer, tmp_path / "online", lora=True, rounds=2)
+    policy = trainer.model
+    assert isinstance(policy, PeftModel) and not isinstance(policy.get_base_model(), PeftModel)
+    trl_args = tiny_args(DPOConfig, tmp_path / "trl", seed=trainer.args.seed)
+    trl = DPOTrainer(
+        model=make_model(len(tokenizer)),
+        args=trl_args,
+        train_dataset=make_pairs(),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    ours, theirs = get_peft_model_state_dict(policy), get_peft_model_state_dict(trl.model)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    trainer.train()
+    assert trainer.model is policy and not isinstance(policy.get_base_model(), PeftModel)
+    with pytest.raises(ConfigError, match="already has PEFT adapters"):
+        OnlinePreferenceTrainer(
+            model=policy,
+            reward_funcs=a_count,
+            args=online_args(tmp_path / "twice"),
+            train_dataset=prompts(),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, task_type="CAUSAL_LM"),
+        )
+
+
+def test_held_out_prompts_are_sampled_as_many_rows_a_call_as_the_rounds_samples(tokenizer, tmp_path):
+    """The held-out evaluation samples through the round's rollout: `sampling_batch_size` × `samples_per_prompt`
+    rows a `generate` call (one completion a prompt), each prompt once."""
+    calls = []
+
+    def length(prompts, completions):
+        calls.append(len(completions))
+        return [float(len(completion)) for completion in completions]
+
+    trainer = OnlinePreferenceTrainer(
+        model=make_model(len(tokenizer)),
+        reward_funcs=a_count,
+        args=online_args(tmp_path, rounds=1, sampling_batch_size=2, samples_per_prompt=4),
+        train_dataset=prompts(),
+        eval_dataset=prompts(12),
+        processing_class=tokenizer,
+        eval_reward_funcs={"length": length},
+    )
+    trainer.eval_fn(trainer.model, -1)
+    assert calls == [8, 8]  # 12 prompts: 8 a call, the second call wrapping around to the first 4
 
 
 TIMES = ("time/sampling", "time/ranking", "time/training")

@@ -1,14 +1,15 @@
 """`dpo-plugin bench sampling --config recipes/online_dpo.yaml`: completion tokens per second of the on-policy loop's
-sampler against today's `CompletionSampler` at `dpo-plugin eval`'s batch and plain `model.generate`, on the same
+sampler against the bare `CompletionSampler` at a small batch and plain `model.generate`, on the same
 prompts and settings, in alternating turns of one run, with the machine's bound for the loop's batch.
 
 Each contender writes `samples_per_prompt` completions of each of the recipe's first `bench_prompts` prompts:
 
 - `generate`: transformers' `model.generate` on batches of `bench_baseline_batch` rows, float32, left-padded;
-- `CompletionSampler`: the sampler `dpo-plugin eval` runs, on the same batches;
-- `online rounds`: the loop's own path (`online/rollout.py` through the grouped environment): the round's prompts
-  sorted by length, `sampling_batch_size` prompts × `samples_per_prompt` rows a call, under bf16 autocast where the
-  recipe trains in bf16.
+- `CompletionSampler`: the sampler alone, on the same batches (how `dpo-plugin eval` sampled before it took the
+  rollout);
+- `online rounds`: the one rollout (`evaluation/rollout.py`, through the grouped environment) that the loop, its
+  held-out sampling and `dpo-plugin eval` run: the prompts sorted by length, `sampling_batch_size` prompts ×
+  `samples_per_prompt` rows a call, under bf16 autocast where the recipe trains in bf16.
 
 A completion's tokens count through its first EOS. The bound of one decoding step of R rows is the longer of
 reading every weight once (its bytes at the measured copy bandwidth) and 2·P·R FLOPs at the measured matmul rate;
@@ -26,9 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ...evaluation.policies import CompletionSampler
+from ...evaluation.rollout import prompt_texts, sample_groups
 from ...online.recipe import parse_online_recipe, recipe_prompts
-from ...online.rollout import sample_groups
-from ...online.trainer import prompt_texts, sorted_by_length
 from ...training.recipe import load_policy
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
@@ -43,7 +43,10 @@ class SamplingBenchArguments:
 
     bench_prompts: int = field(default=32, metadata={"help": "Prompts each contender completes per turn."})
     bench_baseline_batch: int = field(
-        default=16, metadata={"help": "Rows per call of `generate` and `CompletionSampler` (dpo-plugin eval's)."}
+        default=16,
+        metadata={
+            "help": "Rows per call of `generate` and `CompletionSampler` (dpo-plugin eval's before the rollout)."
+        },
     )
     bench_rounds: int = field(default=2, metadata={"help": "Rounds in which the contenders take turns."})
     bench_output: str = field(default="outputs/bench_sampling.json", metadata={"help": "Where the JSON is written."})
@@ -73,7 +76,7 @@ def sampling(argv: list[str]) -> dict:
     runs = {
         "generate": lambda: _in_batches(lambda chunk: _generate(model, tokenizer, chunk, sampler), rows, batch),
         "CompletionSampler": lambda: _in_batches(lambda chunk: _count(sampler.sample(chunk)), rows, batch),
-        "online rounds": lambda: _online_rounds(online, sorted_by_length(prompt_rows, tokenizer), config),
+        "online rounds": lambda: _online_rounds(online, prompt_rows, config),
     }
     turns: dict[str, list[list[float]]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -121,7 +124,7 @@ def _generate(model, tokenizer, prompts: list[str], sampler: CompletionSampler) 
 def _online_rounds(sampler: CompletionSampler, rows: list[dict], config) -> int:
     zero = lambda prompts, completions: [0.0] * len(completions)  # noqa: E731  (ranking is not what is timed)
     samples = sample_groups(
-        sampler, rows, {"zero": zero}, None, config.samples_per_prompt, config.sampling_batch_size, 0, progress=False
+        sampler, rows, {"zero": zero}, config.samples_per_prompt, config.sampling_batch_size, 0, progress=False
     )
     return sum(len(ids) for group in samples.groups for ids in group.completion_ids)
 
