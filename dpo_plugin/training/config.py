@@ -325,6 +325,8 @@ class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
 
     def _validate_objective(self) -> None:
         known = OBJECTIVES + TRL_LOSS_TYPES
+        if not self.loss_type:
+            raise ConfigError(f"loss_type is an empty list: name an objective ({', '.join(OBJECTIVES)}) or TRL losses.")
         unknown = [name for name in self.loss_type if name not in known]
         if unknown:
             raise ConfigError(f"loss_type {unknown} is not known. Valid values: {', '.join(known)}.")

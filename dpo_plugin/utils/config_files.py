@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .errors import ConfigError, UserError, one_line
 
+MAX_RECIPE_VALUES = 10_000  # a recipe's values with YAML aliases expanded; more is an alias bomb, not a recipe
+
 
 def parse_config(
     dataclass_types: tuple, argv: list[str], prog: str, passed_on: Callable[[str], bool] | None = None
@@ -29,6 +31,7 @@ def parse_config(
         config = Path(argv[index + 1]) if index + 1 < len(argv) else None
         if config is None or not config.is_file():
             raise UserError(f"--config {config or ''}: no such file (relative paths start at {Path.cwd()}).")
+        check_recipe_yaml(config)
     try:
         *instances, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except yaml.YAMLError as error:
@@ -42,6 +45,46 @@ def parse_config(
     if rejected:
         raise UserError(unknown_keys_message(rejected, parser))
     return (parser, *instances, accepted) if passed_on is not None else (parser, *instances)
+
+
+def check_recipe_yaml(path: Path) -> None:
+    """`UserError` for what YAML accepts silently and a recipe must not hold: a key given twice in one mapping (YAML
+    keeps the last) and aliases expanding to more than `MAX_RECIPE_VALUES` values; and for a file that is not UTF-8
+    text or not YAML."""
+    import yaml
+
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text ({one_line(error)}): save the recipe as UTF-8.") from error
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {one_line(error)}") from error
+    expanded: dict[int, int] = {}  # node id -> its values with aliases expanded; an alias is the node it names
+
+    def count(node) -> int:
+        if id(node) not in expanded:
+            if isinstance(node, yaml.MappingNode):
+                lines: dict[str, int] = {}
+                for key in (key for key, _ in node.value if isinstance(key, yaml.ScalarNode)):
+                    if key.value in lines:
+                        raise UserError(
+                            f"{path}: key {key.value!r} is given twice (lines {lines[key.value]} and "
+                            f"{key.start_mark.line + 1}), and YAML would keep the last silently: keep one."
+                        )
+                    lines[key.value] = key.start_mark.line + 1
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            expanded[id(node)] = 1 + sum(count(child) for child in children)
+            if expanded[id(node)] > MAX_RECIPE_VALUES:
+                raise UserError(
+                    f"{path}: its YAML aliases expand to more than {MAX_RECIPE_VALUES:,} values, which no recipe "
+                    "holds: write the values out."
+                )
+        return expanded[id(node)]
+
+    if root is not None:
+        count(root)
 
 
 def _key_value_pairs(items: list[str], accepts: Callable[[str], bool]) -> list[str]:

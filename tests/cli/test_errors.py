@@ -38,6 +38,11 @@ def fx(tmp_path_factory) -> Path:
     (root / "not-yaml.yaml").write_text("model_name_or_path: [unclosed\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "typo.yaml").write_text("model_name_or_path: x\nlerning_rate: 1.0e-3\n")
+    (root / "no-loss.yaml").write_text("loss_type: []\n")
+    (root / "twice.yaml").write_text("beta: 0.1\nlearning_rate: 1.0e-3\nbeta: 0.5\n")
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]  # each level 10 aliases of the last: 10^5 values
+    levels += [f"{name}: &{name} [{', '.join([f'*{last}'] * 10)}]" for last, name in zip("abcd", "bcde", strict=True)]
+    (root / "alias-bomb.yaml").write_text("\n".join(levels) + "\n")
     shutil.copytree(root / "tiny", root / "other-shapes")
     config = json.loads((root / "tiny" / "config.json").read_text()) | {"hidden_size": 48}
     (root / "other-shapes" / "config.json").write_text(json.dumps(config))
@@ -110,6 +115,18 @@ CASES = {
     ),
     "recipe not yaml": (lambda fx, out: train(fx, out, "--config", str(fx / "not-yaml.yaml")), ["not valid YAML"]),
     "recipe not a mapping": (lambda fx, out: train(fx, out, "--config", str(fx / "list.yaml")), ["YAML mapping"]),
+    "recipe key given twice": (
+        lambda fx, out: train(fx, out, "--config", str(fx / "twice.yaml")),
+        ["key 'beta' is given twice (lines 1 and 3)", "keep one"],
+    ),
+    "recipe alias bomb": (
+        lambda fx, out: train(fx, out, "--config", str(fx / "alias-bomb.yaml")),
+        ["aliases expand to more than 10,000 values"],
+    ),
+    "empty loss_type list": (
+        lambda fx, out: train(fx, out, "--config", str(fx / "no-loss.yaml")),
+        ["loss_type is an empty list", "dpo, ipo"],
+    ),
     "config not the weights' own": (
         lambda fx, out: train(fx, out, model=fx / "other-shapes"),
         ["model.safetensors holds", "config.json builds it as", "not the one these weights were saved with"],
