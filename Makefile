@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Slow tests use the real model; fast ones tiny models built in the test.
 PYTEST_ARGS ?=
 
-.PHONY: venv assets quickstart test test-fast lint clean
+.PHONY: venv assets quickstart test test-fast lint clean gpu-bundle gpu-check
 
 $(BIN)/dpo-plugin: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ test: assets
 
 test-fast: venv
 	$(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+# One prepared check of a lent GPU (docs/performance.md): `make gpu-bundle` here writes .gpu/ (what a bare GPU machine
+# lacks), `make gpu-check` there runs in at most GPU_CHECK_MINUTES; GPU_CHECK_DRY=1 runs the same code on CPU, tiny.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_OUT ?= outputs/gpu_check
+
+gpu-bundle: assets
+	$(BIN)/python -m dpo_plugin.experiments.gpu_check bundle
+
+gpu-check:
+	$(GPU_PYTHON) -m dpo_plugin.experiments.gpu_check check --output $(GPU_CHECK_OUT)
 
 lint: venv
 	$(BIN)/ruff check .
