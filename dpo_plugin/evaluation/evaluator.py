@@ -27,7 +27,7 @@ ModelInContext = tuple[torch.nn.Module, Callable[[], AbstractContextManager]]
 class HeldoutEvaluator:
     """Preference accuracy and sampled completions of `policy` against `reference`, `batch_size` rows per scoring
     call, sequences truncated to `max_length` tokens (None: not truncated), `sampling_batch_size` prompts per sampling
-    call (default `batch_size`; sampling is fastest in large calls).
+    call (default `batch_size`; sampling is fastest in large calls), the samples' KL scored as many rows a call.
 
     Before training, `keep_scores_before_training` scores held-out pairs that training would otherwise make
     unscoreable: the reference's, where the reference is the policy before training (precomputed log-probs, no
@@ -108,11 +108,16 @@ class HeldoutEvaluator:
         model, context = self.policy
         with in_eval_mode(self.policy[0]):
             sampler = CompletionSampler(model, self.tokenizer, generation, context)
-            kl_scorers = (self._scorer(self.policy), self.live_reference)
+            reference = (self.reference_model, self.reference_context)
+            kl_scorers = (
+                self._scorer(self.policy, self.sampling_batch_size),
+                self._scorer(reference, self.sampling_batch_size),
+            )
             return sampled_completions(
                 sampler, prompts, rewards, kl_scorers, self.sampling_batch_size, seed, "Sampling from the policy"
             )
 
-    def _scorer(self, model_in_context: ModelInContext) -> SequenceScorer:
+    def _scorer(self, model_in_context: ModelInContext, batch_size: int | None = None) -> SequenceScorer:
+        """A scorer of the model in its context, `batch_size` rows a call (default the evaluator's)."""
         model, context = model_in_context
-        return SequenceScorer(model, self.tokenizer, self.max_length, self.batch_size, context)
+        return SequenceScorer(model, self.tokenizer, self.max_length, batch_size or self.batch_size, context)

@@ -462,13 +462,8 @@ class HeldoutSampling:
     def _evaluate(self, policy: torch.nn.Module, prompts: list[str]) -> dict:
         trainer = self.trainer
         args = trainer.args
-        evaluator = HeldoutEvaluator(
-            (policy, trainer._autocast),
-            trainer.start,
-            trainer.tokenizer,
-            args.per_device_eval_batch_size,
-            sampling_batch_size=args.sampling_batch_size * args.samples_per_prompt,  # the round sampler's rows a call
-        )
+        rows = args.sampling_batch_size * args.samples_per_prompt  # the round's rows a call, sampled and scored
+        evaluator = HeldoutEvaluator((policy, trainer._autocast), trainer.start, trainer.tokenizer, rows)
         report = evaluator.samples(prompts, self.rewards, args.generation, seed=0)
         values = {**{f"reward/{name}": value for name, value in report.rewards.items()}, "kl": report.kl}
         names = {**{name: f"reward/{name}" for name in report.rewards}, "kl": "kl"}
