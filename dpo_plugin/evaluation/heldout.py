@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .policies import CompletionSampler, PreferenceChooser
 from .rollout import sample_groups
-from .scoring import SequenceScorer
+from .scoring import SequenceScorer, sampled_log_ratios
 
 STARTING_POINT_RANKING = "policy, by implicit reward vs its start"
 
@@ -116,11 +116,9 @@ def sampled_completions(
     groups = rollout.groups  # longest prompt first: the KL is scored in that order, batches of one length
     series = {name: [group.components[name][0] for group in groups] for name in rewards}
     if kl_scorers is not None:
-        policy, reference = kl_scorers
         prompt_ids = [group.prompt_ids for group in groups]
         completion_ids = [group.completion_ids[0] for group in groups]
-        log_ratios = policy.score_ids(prompt_ids, completion_ids) - reference.score_ids(prompt_ids, completion_ids)
-        series["kl"] = log_ratios.tolist()
+        series["kl"] = sampled_log_ratios(*kl_scorers, prompt_ids, completion_ids).tolist()
     in_prompt_order = sorted(range(len(groups)), key=lambda i: groups[i].row)
     series = {name: [values[i] for i in in_prompt_order] for name, values in series.items()}
     examples = [{"prompt": groups[i].prompt, "completion": groups[i].completions[0]} for i in in_prompt_order[:8]]

@@ -66,7 +66,8 @@ class CompletionSampler:
     """Writes a completion per prompt by sampling from a causal LM, a batch of prompts per `generate` call.
 
     `generation_kwargs` go to `model.generate` over `PURE_SAMPLING` (e.g. `max_new_tokens`); a completion ends
-    after the first EOS token, which it keeps, as TRL's training text does.
+    after the first EOS token, which it keeps, as TRL's training text does. Under an autocast `context`, each weight
+    is cast to the low precision once per `generate` call, not once per decoding step (`_casts_cached_per_call`).
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class CompletionSampler:
         flipped = [torch.tensor(ids[::-1]) for ids in prompt_ids]  # left padding: pad reversed rows on the right
         input_ids = pad_sequence(flipped, batch_first=True, padding_value=pad_id).flip(1).to(self.model.device)
         attention_mask = pad_sequence([torch.ones(len(ids)) for ids in flipped], batch_first=True).flip(1).long()
-        with self.context():
+        with _casts_cached_per_call(self.model), self.context():
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask.to(self.model.device),
@@ -102,6 +103,26 @@ class CompletionSampler:
         completion_ids = [_through_first(row.tolist(), eos_id) for row in output[:, input_ids.size(1) :]]
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=False)
         return SampledCompletions(texts, [list(ids) for ids in prompt_ids], completion_ids)
+
+
+@contextlib.contextmanager
+def _casts_cached_per_call(model):
+    """Marks the model's frozen floating-point parameters as requiring grad for the duration, then restores them.
+
+    Autocast keeps the low-precision copy of a tensor for the rest of its outermost context only when the tensor is a
+    leaf that requires grad (torch's `cached_cast`); a frozen weight (a reference, a LoRA base) is otherwise cast anew
+    at every decoding step. Under `no_grad` the marks build no graph and leave no `.grad`: the completions are the same
+    to the bit, and a step of 64 rows of SmolLM2-135M under bf16 autocast takes 0.20 s instead of 0.26 s on this
+    project's 2-core machine, for a bf16 copy of the weights (half their float32 size) held during the call.
+    """
+    frozen = [param for param in model.parameters() if param.is_floating_point() and not param.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
 
 
 def _through_first(ids: list[int], eos_id: int | None) -> list[int]:

@@ -98,6 +98,17 @@ class SequenceScorer:
         }
 
 
+def sampled_log_ratios(
+    policy: SequenceScorer,
+    reference: SequenceScorer,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+) -> Tensor:
+    """log π(y|x) − log π_ref(y|x) of each completion y sampled from π, scored on exactly its sampled tokens (no
+    retokenization, no padding): their mean estimates KL(π ‖ π_ref)."""
+    return policy.score_ids(prompt_ids, completion_ids) - reference.score_ids(prompt_ids, completion_ids)
+
+
 class FrozenScores:
     """log π(y|x) of given text pairs, scored once by `scorer` now and served from memory after: the reference of a
     run that holds none while training (precomputed log-probs), scored before the policy moves. A pair it was not

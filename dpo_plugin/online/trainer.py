@@ -43,7 +43,7 @@ from transformers import (
 from ..evaluation.evaluator import HeldoutEvaluator
 from ..evaluation.policies import PURE_SAMPLING, CompletionSampler
 from ..evaluation.rollout import Rollout, prompt_rows, prompt_texts, sample_groups
-from ..evaluation.scoring import SequenceScorer
+from ..evaluation.scoring import SequenceScorer, sampled_log_ratios
 from ..training.interruption import StopSignals
 from ..training.reference import frozen_copy
 from ..training.run_identity import as_json, differences, lora_settings
@@ -315,8 +315,7 @@ class OnlinePreferenceTrainer:
         policy = SequenceScorer(self.model, self.tokenizer, None, batch, self._autocast)
         start = SequenceScorer(self.start[0], self.tokenizer, None, batch, self.start[1])
         with in_eval_mode(self.model):
-            log_ratios = policy.score_ids(prompt_ids, completion_ids) - start.score_ids(prompt_ids, completion_ids)
-        return log_ratios.mean().item()
+            return sampled_log_ratios(policy, start, prompt_ids, completion_ids).mean().item()
 
     def _train_on(self, pairs: Dataset, ref_model: torch.nn.Module | None, seed: int) -> dict | None:
         """`epochs_per_round` passes of a `PreferenceTrainer` over the round's pairs: its loss averaged over its

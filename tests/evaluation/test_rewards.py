@@ -1,9 +1,12 @@
 """Reward functions and language-model agents: each checked against a direct computation on tiny models."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 from helpers import make_model, tiny_reward_model
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dpo_plugin.evaluation.policies import CompletionSampler, PreferenceChooser
 from dpo_plugin.evaluation.rewards import ImplicitReward, PreferenceLabelReward, RewardModelReward
@@ -88,3 +91,29 @@ def test_sampler_draws_from_the_models_own_distribution(tokenizer):
     top = probs.argsort()[-5:]
     assert probs[top].sum() > 0.5
     assert np.abs(frequencies[top] - probs[top]).max() < 4.5 * np.sqrt(0.25 / len(first))
+
+
+class _CastCounter(TorchDispatchMode):
+    """Counts the dtype casts (`aten._to_copy`) dispatched inside it."""
+
+    casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.casts += func is torch.ops.aten._to_copy.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_sampler_under_autocast_casts_frozen_weights_once_a_call_with_the_same_completions(tokenizer):
+    model = make_model(len(tokenizer)).requires_grad_(False)
+    prompts, completions, casts = ["Q: a", "Q: a longer prompt", "Q"] * 2, {}, {}
+    for cache_enabled in (False, True):
+        context = partial(torch.autocast, "cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
+        sampler = CompletionSampler(model, tokenizer, {"max_new_tokens": 8, "min_new_tokens": 8}, context=context)
+        torch.manual_seed(0)
+        with _CastCounter() as counter:
+            completions[cache_enabled] = sampler.sample(prompts).completion_ids
+        casts[cache_enabled] = counter.casts
+    assert completions[True] == completions[False]
+    linear_weights = sum(isinstance(module, torch.nn.Linear) for module in model.modules())
+    assert casts[False] - casts[True] == (8 - 1) * linear_weights  # each of the 8 forwards but the first cast them
+    assert not any(param.requires_grad or param.grad is not None for param in model.parameters())
