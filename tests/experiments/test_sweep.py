@@ -263,7 +263,8 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
             name: {"method": shipped["arms"][name]["method"]}
             for name in ("offline-dpo", "online-dpo-gold", "online-dpo-rm")
         }
-        | {"offline-dpo-2epochs": {"method": "dpo", "recipe_overrides": {"num_train_epochs": 2}}},
+        | {"offline-dpo-2epochs": {"method": "dpo", "recipe_overrides": {"num_train_epochs": 2}}}
+        | {"ppo-gt": {"method": "ppo/gold", "reward_model_score": True}},
         "settings": [{"beta": 0.1}],
         "seeds": [42],
     }
@@ -276,6 +277,7 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
         "offline-dpo-2epochs--beta-0.1--seed42.json",
         "online-dpo-gold--beta-0.1--seed42.json",
         "online-dpo-rm--beta-0.1--seed42.json",
+        "ppo-gt--beta-0.1--seed42.json",
     ]
     offline, longer = (json.loads(files[f"offline-dpo{arm}--beta-0.1--seed42.json"]) for arm in ("", "-2epochs"))
     assert longer["metrics"]["steps"] == 2 * offline["metrics"]["steps"]  # recipe_overrides reached the recipe
@@ -290,9 +292,19 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
     assert [probe["step"] for probe in online["details"]["probes"]] == [0, 1, 2]
     assert set(online["seconds"]) == {"setup", "train", "evaluate"}
     assert "reward_model_accuracy" in json.loads(files["online-dpo-rm--beta-0.1--seed42.json"])["details"]
-    assert "reward_model_recipe" not in online["settings"]
+    assert "reward_model_recipe" not in online["settings"] and "rm_score" not in online["metrics"]
+    ppo_gt = json.loads(files["ppo-gt--beta-0.1--seed42.json"])  # PPO against the gold reward, scored by the RM too
+    assert ppo_gt["settings"]["method"] == "ppo/gold" and ppo_gt["metrics"]["steps"] == 2
+    assert ppo_gt["metrics"]["rm_score"] == pytest.approx(np.mean(ppo_gt["per_prompt"]["rm_score"]), abs=1e-4)
+    assert len(ppo_gt["start_per_prompt"]["rm_score"]) == prompts
+    assert ppo_gt["details"]["reward_model_train_seconds"] > 0
 
     main(["sweep", "--config", str(path)])  # every cell finished: nothing is trained again
     assert cell_files(tmp_path) == files
     report = json.loads((tmp_path / "ledger" / "report.json").read_text())
-    assert {v["arm"] for v in report["verdicts"]} == {"online-dpo-gold", "online-dpo-rm", "offline-dpo-2epochs"}
+    assert {v["arm"] for v in report["verdicts"]} == {
+        "online-dpo-gold",
+        "online-dpo-rm",
+        "offline-dpo-2epochs",
+        "ppo-gt",
+    }

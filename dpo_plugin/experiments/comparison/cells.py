@@ -2,17 +2,20 @@
 one strength and seed, from the reference, and evaluates it on the held-out prompts and pairs.
 
 A cell's values: `config` (a `dpo-plugin compare` recipe: the data, the evaluation and the method recipes), `method`
-(a preference objective, `ppo`, or `online-<objective>/<ranker>` with ranker `gold` or `reward_model`), `beta` (the
-preference objectives and online arms; default the recipe's) or `kl_coef` (PPO), `seed`, `recipe_overrides` (keys of
-the method's own recipe, e.g. `{num_train_epochs: 3}`), and any other `CompareConfig` key. Cells are scored by the
-gold reward only, so only cells that rank by the reward model (or train PPO against it) train one.
+(a preference objective, `ppo` against the reward model, `ppo/gold` against the gold reward (the DPO paper's PPO-GT),
+or `online-<objective>/<ranker>` with ranker `gold` or `reward_model`), `beta` (the preference objectives and online
+arms; default the recipe's) or `kl_coef` (PPO), `seed`, `recipe_overrides` (keys of the method's own recipe, e.g.
+`{num_train_epochs: 3}`), `reward_model_score` (true: also score every sample by the reward model; default false),
+and any other `CompareConfig` key. Cells are scored by the gold reward (and the reward model where asked), so only
+cells that rank by the reward model, train PPO against it or are scored by it train one.
 
 Recorded: metrics `gold` (mean gold reward of one sample per held-out prompt), `kl` (sampled KL(π_θ ‖ π_ref)),
-`accuracy` (held-out pairs ranked by implicit reward) and `steps`; per prompt `gold` and `kl`, and the reference's
-(`start_per_prompt`, KL 0); seconds `setup` (data, reference and reward model, paid by a process's first cell),
-`train` (for online arms sampling and ranking too), `evaluate` (probes during training and the final evaluation);
-details: the held-out `probes` during training (step 0 is the reference) and the reward model's accuracy where one
-ranked.
+`rm_score` (the reward model's mean score of the same samples, where asked), `accuracy` (held-out pairs ranked by
+implicit reward) and `steps`; per prompt `gold`, `kl` (and `rm_score`), and the reference's (`start_per_prompt`,
+KL 0); seconds `setup` (data, reference and reward model, paid by a process's first cell), `train` (for online arms
+sampling and ranking too), `evaluate` (probes during training and the final evaluation); details: the held-out
+`probes` during training (step 0 is the reference) and, where a reward model is used, its held-out accuracy and
+training time.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import yaml
 
 from ...objectives.losses import OBJECTIVES
 from ...utils.errors import ConfigError
-from .runs import ONLINE_ARM, CompareConfig
+from .runs import ONLINE_ARM, PPO_METHODS, CompareConfig
 from .setup import ComparisonSetup
 
-EVAL_REWARDS = ("gold_sentiment",)
+# metric name -> the held-out reward component it reads; the reward model's only where a cell asks for it
+METRICS = {"gold": "gold_sentiment", "rm_score": "reward_model"}
 # CompareConfig keys that say which runs `compare` trains: a cell is one run, named by method, strength and seed
 PLAN_KEYS = ("output_dir", "seeds", "objectives", "online", "ppo", "beta_sweep", "kl_coef_sweep", "beta", "kl_coef")
 PLAN_KEYS += ("claims", "claim_pairs", "claim_epochs")
@@ -38,14 +42,18 @@ class ComparisonCells:
         self.output_dir = Path(output_dir)
         self.setup: ComparisonSetup | None = None
 
-    def parse(self, values: dict) -> tuple[CompareConfig, str, float, int, dict]:
-        """(the CompareConfig, method, strength, seed, recipe overrides) of a cell's values; a `ConfigError` naming a
-        bad key."""
+    def parse(self, values: dict) -> tuple[CompareConfig, str, float, int, dict, tuple[str, ...]]:
+        """(the CompareConfig, method, strength, seed, recipe overrides, the reward components it is scored by) of a
+        cell's values; a `ConfigError` naming a bad key."""
         values = dict(values)
         method, seed = values.pop("method", None), values.pop("seed")
         recipe_overrides = values.pop("recipe_overrides", {})
         if not isinstance(recipe_overrides, dict):
             raise ConfigError(f"recipe_overrides must be a mapping of recipe keys; got {recipe_overrides!r}.")
+        reward_model_score = values.pop("reward_model_score", False)
+        if not isinstance(reward_model_score, bool):
+            raise ConfigError(f"reward_model_score must be true or false; got {reward_model_score!r}.")
+        eval_rewards = ("reward_model",) * reward_model_score + ("gold_sentiment",)
         path = values.pop("config", None)
         recipe = yaml.safe_load(Path(path).read_text()) if path else {}
         if path and not isinstance(recipe, dict):
@@ -57,44 +65,49 @@ class ComparisonCells:
             raise ConfigError(f"unknown key(s) {', '.join(unknown)} for a comparison cell (compare's keys, or method).")
         config = CompareConfig(**merged)
         online = isinstance(method, str) and method.startswith("online-")
-        if not (method in (*OBJECTIVES, "ppo") or online and ONLINE_ARM.test(method.removeprefix("online-"))):
+        if not (method in (*OBJECTIVES, *PPO_METHODS) or online and ONLINE_ARM.test(method.removeprefix("online-"))):
             raise ConfigError(
-                f"method must be one of {', '.join(OBJECTIVES)}, ppo, or online-objective/ranker "
+                f"method must be one of {', '.join((*OBJECTIVES, *PPO_METHODS))}, or online-objective/ranker "
                 f"(ranker: gold or reward_model); got {method!r}."
             )
-        return config, method, config.kl_coef if method == "ppo" else config.beta, seed, recipe_overrides
+        strength = config.kl_coef if method in PPO_METHODS else config.beta
+        return config, method, strength, seed, recipe_overrides, eval_rewards
 
     def settings(self, values: dict) -> dict:
-        config, method, strength, seed, recipe_overrides = self.parse(values)
+        config, method, strength, seed, recipe_overrides, eval_rewards = self.parse(values)
         recipe = config.recipe_of(method)
-        settings = {"method": method, "strength": strength, "seed": seed, "eval_rewards": list(EVAL_REWARDS)}
+        settings = {"method": method, "strength": strength, "seed": seed, "eval_rewards": list(eval_rewards)}
         settings["compare"] = {key: value for key, value in vars(config).items() if key not in PLAN_KEYS}
         settings["recipe"] = yaml.safe_load(Path(recipe).read_text()) | recipe_overrides
-        if uses_reward_model(method):
+        if uses_reward_model(method) or "reward_model" in eval_rewards:
             settings["reward_model_recipe"] = yaml.safe_load(Path(config.reward_model_recipe).read_text())
         return settings
 
     def run(self, values: dict, folder: Path):
         from ..sweep.grid import CellResult
 
-        config, method, strength, seed, recipe_overrides = self.parse(values)
+        config, method, strength, seed, recipe_overrides, eval_rewards = self.parse(values)
         started = time.perf_counter()
-        if self.setup is None or not self.setup.shares(config, EVAL_REWARDS):
-            self.setup = ComparisonSetup(config, EVAL_REWARDS)
+        if self.setup is None or not self.setup.shares(config, eval_rewards):
+            self.setup = ComparisonSetup(config, eval_rewards)
         setup = self.setup
         start = setup.evaluator.samples(setup.reference, config.eval_prompts)
         details = {}
-        if uses_reward_model(method):
-            details["reward_model_accuracy"] = setup.reward_model["accuracy"]
+        if uses_reward_model(method) or "reward_model" in eval_rewards:
+            details |= {"reward_model_accuracy": setup.reward_model["accuracy"]}
+            details |= {"reward_model_train_seconds": setup.reward_model["train_seconds"]}
         setup_seconds = time.perf_counter() - started
         result = setup.train(config, method, strength, seed, folder, as_flags(recipe_overrides))
         samples = result.samples
         total = time.perf_counter() - started
+        metrics = {name: reward for name, reward in METRICS.items() if reward in eval_rewards}
         return CellResult(
-            metrics={"gold": samples.rewards["gold_sentiment"], "kl": samples.kl, "accuracy": result.accuracy.value}
-            | {"steps": result.steps},
-            per_prompt={"gold": samples.per_prompt["gold_sentiment"], "kl": samples.per_prompt["kl"]},
-            start_per_prompt={"gold": start.per_prompt["gold_sentiment"], "kl": [0.0] * start.completions},
+            metrics={name: samples.rewards[reward] for name, reward in metrics.items()}
+            | {"kl": samples.kl, "accuracy": result.accuracy.value, "steps": result.steps},
+            per_prompt={name: samples.per_prompt[reward] for name, reward in metrics.items()}
+            | {"kl": samples.per_prompt["kl"]},
+            start_per_prompt={name: start.per_prompt[reward] for name, reward in metrics.items()}
+            | {"kl": [0.0] * start.completions},
             seconds={
                 "setup": setup_seconds,
                 "train": result.train_seconds,

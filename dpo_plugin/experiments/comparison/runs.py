@@ -46,6 +46,9 @@ ONLINE_ARM = Rule(
     lambda arm: isinstance(arm, str) and arm.partition("/")[0] in OBJECTIVES and arm.partition("/")[2] in RANKERS,
     f"be objective/ranker (objective: {', '.join(OBJECTIVES)}; ranker: {', '.join(RANKERS)})",
 )
+# PPO against the Bradley–Terry reward model trained on the pairs, and against the gold reward itself (the DPO
+# paper's PPO-GT: the reward the reward model estimates, with no estimation error)
+PPO_METHODS = ("ppo", "ppo/gold")
 COUNTS = ("train_prompts", "test_prompts", "eval_pairs", "eval_prompts", "probe_pairs", "probe_prompts", "probes")
 COMPARE_RULES = {
     **{name: integer_at_least(1) for name in COUNTS},
@@ -144,7 +147,7 @@ class CompareConfig:
 
     def recipe_of(self, method: str) -> str:
         """The recipe a run of `method` trains with: PPO's, the online arms', or the preference objectives'."""
-        if method == "ppo":
+        if method in PPO_METHODS:
             return self.ppo_recipe
         return self.online_recipe if method.startswith("online-") else self.preference_recipe
 
@@ -324,9 +327,10 @@ def train_ppo(
     seed: int,
     output_dir: Path,
     extra: tuple[str, ...] = (),
+    method: str = "ppo",
 ) -> RunResult:
-    """PPO from the same reference (LoRA adapters; the reference is the policy with them off) against `reward_fn`;
-    `extra`: more `--key value` flags for its recipe."""
+    """PPO from the same reference (LoRA adapters; the reference is the policy with them off) against `reward_fn`
+    (`method`, one of `PPO_METHODS`, names which); `extra`: more `--key value` flags for its recipe."""
     set_all_seeds(seed)
     overrides = ["--seed", str(seed), "--kl_coef", str(kl_coef), "--output_dir", str(output_dir)]
     overrides += ["--model_name_or_path", config.model_name_or_path, *extra]
@@ -343,7 +347,7 @@ def train_ppo(
         if any(key.startswith("eval/") for key in entry)
     ]
     return RunResult(
-        method="ppo",
+        method=method,
         seed=seed,
         strength=kl_coef,
         steps=ppo_config.steps,

@@ -24,6 +24,7 @@ from ...utils.atomic import write_json
 from ...utils.config_files import parse_config
 from ...utils.devices import default_device
 from .runs import (
+    PPO_METHODS,
     CompareConfig,
     ComparisonEvaluation,
     RunResult,
@@ -139,13 +140,14 @@ class ComparisonSetup:
     def train(
         self, config: CompareConfig, method: str, strength: float, seed: int, run_dir: Path, extra: tuple = ()
     ) -> RunResult:
-        """One run of `method` (a preference objective, `ppo`, or `online-<objective>/<ranker>`) at `strength` (β,
-        or PPO's KL coefficient) and `seed`, into `run_dir`, evaluated on the held-out data; `extra`: more
-        `--key value` flags for the method's recipe."""
+        """One run of `method` (a preference objective, `ppo` against the reward model, `ppo/gold` against the gold
+        reward, or `online-<objective>/<ranker>`) at `strength` (β, or PPO's KL coefficient) and `seed`, into
+        `run_dir`, evaluated on the held-out data; `extra`: more `--key value` flags for the method's recipe."""
         evaluator = self.evaluator
-        if method == "ppo":
+        if method in PPO_METHODS:
             prompt_rows = self.train_pairs.select_columns(["prompt"])
-            return train_ppo(config, evaluator, prompt_rows, self.reward_fn, strength, seed, run_dir, extra)
+            reward = self.gold if method == "ppo/gold" else self.reward_fn
+            return train_ppo(config, evaluator, prompt_rows, reward, strength, seed, run_dir, extra, method)
         if method.startswith("online-"):
             arm = method.removeprefix("online-")
             ranker = self.reward_model["path"] if arm.endswith("/reward_model") else "gold_positive"

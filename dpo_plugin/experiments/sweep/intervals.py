@@ -25,9 +25,10 @@ def replicate_means(
     replicates: int = REPLICATES,
     seed: int = 0,
 ) -> dict[Hashable, dict[str, np.ndarray]]:
-    """For each group (its cells' per-prompt values, one mapping metric -> values per cell), each metric's estimate
-    (index 0: the plain mean over cells and prompts) followed by `replicates` bootstrap replicates."""
-    counts = {len(values[metric]) for cells in groups.values() for values in cells for metric in metrics}
+    """For each group (its cells' per-prompt values, one mapping metric -> values per cell), each metric its cells
+    all record: its estimate (index 0: the plain mean over cells and prompts) followed by `replicates` bootstrap
+    replicates."""
+    counts = {len(values[metric]) for cells in groups.values() for values in cells for metric in values}
     if len(counts) != 1:
         raise UserError(
             f"the cells' per-prompt values have different lengths {sorted(counts)}: they were not "
@@ -40,7 +41,7 @@ def replicate_means(
     for key, cells in groups.items():
         seed_draws = np.vstack([np.arange(len(cells)), rng.integers(0, len(cells), size=(replicates, len(cells)))])
         out[key] = {}
-        for metric in metrics:
+        for metric in (metric for metric in metrics if all(metric in values for values in cells)):
             table = np.asarray([values[metric] for values in cells], dtype=float)  # (cells, prompts)
             per_cell = np.take_along_axis(table[:, None, :], prompt_draws[None, :, :], axis=2).mean(axis=2)
             out[key][metric] = np.take_along_axis(per_cell, seed_draws.T, axis=0).mean(axis=0)

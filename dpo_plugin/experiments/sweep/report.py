@@ -33,10 +33,12 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
         if cell.id in records:
             groups.setdefault(cell.group, []).append(records[cell.id])
     per_prompt = sorted({metric for rows in groups.values() for r in rows for metric in r["per_prompt"]})
-    starts = [r["start_per_prompt"] for rows in groups.values() for r in rows if r.get("start_per_prompt")]
+    start = {}  # every cell starts from the same policy, scored on the same draw: one start, each metric's first
+    for r in (r for rows in groups.values() for r in rows):
+        start = r.get("start_per_prompt", {}) | start
     bootstrap_groups = {group: [r["per_prompt"] for r in rows] for group, rows in groups.items()}
-    if starts and all(metric in starts[0] for metric in per_prompt):
-        bootstrap_groups[START] = starts[:1]  # every cell starts from the same policy, scored on the same draw
+    if start and all(metric in start for metric in per_prompt):
+        bootstrap_groups[START] = [start]
     replicated = replicate_means(bootstrap_groups, per_prompt) if per_prompt and groups else {}
     rows = [_row(group, records_of, replicated.get(group, {})) for group, records_of in groups.items()]
     verdicts = _verdicts(grid, groups, replicated)
