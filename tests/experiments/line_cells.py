@@ -51,4 +51,10 @@ class LineCells:
             per_prompt={"x": x.tolist(), "y": y.tolist()},
             start_per_prompt={"x": [0.0] * prompts, "y": start.tolist()},
             seconds={"run": values.get("hold_seconds", 0)},
+            details={
+                "probes": [
+                    {"step": step, "x": float(x.mean()) * step / 2, "y": 0.5 + (y.mean() - 0.5) * step / 2}
+                    for step in (0, 1, 2)
+                ]
+            },
         )

@@ -18,6 +18,7 @@ from helpers import make_model, make_tokenizer, save_checkpoint
 from dpo_plugin.cli import main
 from dpo_plugin.experiments.sweep.grid import read_grid
 from dpo_plugin.experiments.sweep.intervals import difference_at_matched_x, interval, replicate_means
+from dpo_plugin.experiments.sweep.report import claim_verdict
 from dpo_plugin.tasks.sentiment import generation
 from dpo_plugin.utils.errors import ConfigError
 
@@ -80,7 +81,7 @@ def test_the_shipped_grids_expand_and_every_cell_has_settings(path, monkeypatch)
     assert len({cell.id for cell in cells}) == len(cells)
     settings = [runner.settings(cell.values) for cell in cells]
     assert all(setting["seed"] == cell.seed for setting, cell in zip(settings, cells, strict=True))
-    assert grid.report.get("baseline") in grid.arms
+    assert grid.report.get("baseline") in grid.arms or grid.report["claims"]  # each shipped grid compares arms
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,18 @@ def test_the_shipped_grids_expand_and_every_cell_has_settings(path, monkeypatch)
         ("experiment: x\narms: {a: {}}\nseeds: [1]\nsettings: {beta: 1}\n", "settings must be a non-empty list"),
         ("experiment: x\narms: {a: {}}\nseeds: [1]\nreport: {baseline: b}\n", "report.baseline must be one of"),
         ("experiment: x\narms: {a: {}}\nseeds: [1]\ngird: 1\n", "unknown key"),
+        (
+            "experiment: x\narms: {a: {}}\nseeds: [1]\nreport: {x: k, y: g, claims: {a: 1}}\n",
+            "report.claims must be a list",
+        ),
+        (
+            "experiment: x\narms: {a: {}}\nseeds: [1]\nreport: {x: k, y: g, claims: [{claim: c, arm: a, baseline: b}]}",
+            r"report.claims\[0\].baseline must be one of the arms",
+        ),
+        (
+            "experiment: x\narms: {a: {}}\nseeds: [1]\nreport: {claims: [{claim: c, arm: a, baseline: a}]}\n",
+            "given x and y",
+        ),
         ("- 1\n", "must be a mapping"),
     ],
 )
@@ -202,9 +215,38 @@ def test_the_report_reads_each_arm_against_the_baseline_at_the_same_x(tmp_path):
     records = [json.loads(p.read_text()) for p in (tmp_path / "ledger" / "cells").glob("baseline--strength-1--*")]
     assert row["y"]["estimate"] == pytest.approx(np.mean([r["per_prompt"]["y"] for r in records]), abs=1e-4)
     assert row["y"]["low"] < row["y"]["estimate"] < row["y"]["high"]
-    assert (tmp_path / "ledger" / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    for figure in ("frontier.png", "training.png"):
+        assert (tmp_path / "ledger" / figure).read_bytes().startswith(b"\x89PNG")
     markdown = (tmp_path / "ledger" / "report.md").read_text()
     assert "| steeper | strength 1 | 1, 2, 3 |" in markdown and "12 of 12 cells finished" in markdown
+
+
+def test_claims_compare_named_arms_at_the_same_x_and_give_one_verdict_each(tmp_path):
+    arms = {"baseline": {"slope": 0.1}, "steeper": {"slope": 0.3}, "flat": {"slope": 0.0, "level": 0.4}}
+    claims = [
+        {"claim": "steeper above baseline", "arm": "steeper", "baseline": "baseline"},
+        {"claim": "flat above steeper", "arm": "flat", "baseline": "steeper"},
+        {"claim": "baseline above itself", "arm": "baseline", "baseline": "baseline"},
+    ]
+    path = write_grid(tmp_path, seeds=[1, 2], arms=arms, report={"x": "x", "y": "y", "claims": claims})
+    main(["sweep", "--config", str(path)])
+    report = json.loads((tmp_path / "ledger" / "report.json").read_text())
+    verdicts = {claim["claim"]: claim for claim in report["claims"]}
+    assert verdicts["steeper above baseline"]["verdict"] == "holds at 2 of 2 settings"
+    assert verdicts["flat above steeper"]["verdict"] == "does not hold at 2 of 2 settings"
+    assert verdicts["baseline above itself"]["verdict"] == "not resolved at any of 2 settings"  # a difference of 0
+    assert [row["setting"] for row in verdicts["steeper above baseline"]["settings"]] == ["strength 1", "strength 4"]
+    assert report["verdicts"] == []  # no report.baseline: no every-arm comparison
+    markdown = (tmp_path / "ledger" / "report.md").read_text()
+    assert "| steeper above baseline (steeper against baseline) | holds at 2 of 2 settings |" in markdown
+    assert "### flat above steeper" in markdown
+
+
+def test_claim_verdicts_count_settings():
+    holds, fails, open_ = ({"verdict": verdict} for verdict in ("holds", "does not hold", "not resolved: x beyond"))
+    assert claim_verdict([holds, open_]) == "holds at 1 of 2 settings (1 not resolved)"
+    assert claim_verdict([holds, fails]) == "mixed: holds at 1, does not hold at 1 of 2 settings"
+    assert claim_verdict([]) == "not resolved: no finished cells to compare"
 
 
 def test_bootstrap_intervals_match_the_normal_interval_of_a_mean_over_prompts():

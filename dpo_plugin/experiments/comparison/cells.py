@@ -14,8 +14,8 @@ Recorded: metrics `gold` (mean gold reward of one sample per held-out prompt), `
 implicit reward) and `steps`; per prompt `gold`, `kl` (and `rm_score`), and the reference's (`start_per_prompt`,
 KL 0); seconds `setup` (data, reference and reward model, paid by a process's first cell), `train` (for online arms
 sampling and ranking too), `evaluate` (probes during training and the final evaluation); details: the held-out
-`probes` during training (step 0 is the reference) and, where a reward model is used, its held-out accuracy and
-training time.
+`probes` during training (step 0 is the reference; keyed by the metric names) and, where a reward model is used,
+its held-out accuracy and training time.
 """
 
 from __future__ import annotations
@@ -113,8 +113,14 @@ class ComparisonCells:
                 "train": result.train_seconds,
                 "evaluate": total - setup_seconds - result.train_seconds,
             },
-            details=details | {"probes": result.probes},
+            details=details | {"probes": [_metric_names(probe) for probe in result.probes]},
         )
+
+
+def _metric_names(probe: dict) -> dict:
+    """A held-out probe with its reward components (and their `_se`) under the cell's metric names."""
+    names = {reward + suffix: name + suffix for name, reward in METRICS.items() for suffix in ("", "_se")}
+    return {names.get(key, key): value for key, value in probe.items()}
 
 
 def uses_reward_model(method: str) -> bool:

@@ -9,7 +9,12 @@ A grid file (`recipes/experiments/<name>.yaml`) names the experiment whose cells
       online-dpo-gold: {method: online-dpo/gold, settings: [{beta: 0.1}]}   # an arm may carry its own settings
     settings: [{beta: 0.1}, {beta: 0.03}]        # each arm is run at each setting...
     seeds: [42, 1, 2]                            # ...with each seed
-    report: {x: kl, y: gold, baseline: offline-dpo}
+    report:                          # what the report compares, at the same x
+      x: kl
+      y: gold
+      baseline: offline-dpo          # every other arm against this one
+      claims:                        # and named claims, each an arm against another
+        - {claim: online DPO above offline DPO, arm: online-dpo-gold, baseline: offline-dpo}
 
 A cell's values are `base`, then its arm's, then its setting's, then `seed`, later ones winning; the experiment turns
 them into the cell's settings (everything its result depends on) and runs it. Cells run arm by arm within each seed,
@@ -31,7 +36,8 @@ from ...utils.errors import ConfigError, UserError
 # experiment name -> "module:Class" of its cell runner
 EXPERIMENTS = {"comparison": "dpo_plugin.experiments.comparison.cells:ComparisonCells"}
 GRID_KEYS = ("experiment", "name", "ledger_dir", "output_dir", "base", "arms", "settings", "seeds", "report")
-REPORT_KEYS = ("x", "y", "baseline")
+REPORT_KEYS = ("x", "y", "baseline", "claims")
+CLAIM_KEYS = ("claim", "arm", "baseline")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -159,6 +165,16 @@ def read_grid(path: str | Path) -> SweepGrid:
     _expect(isinstance(report, dict) and set(report) <= set(REPORT_KEYS), "report", f"a mapping of {REPORT_KEYS}")
     if "baseline" in report:
         _expect(report["baseline"] in arms, "report.baseline", "one of the arms", report["baseline"])
+    claims = report.get("claims", [])
+    _expect(isinstance(claims, list), "report.claims", f"a list of mappings of {', '.join(CLAIM_KEYS)}", claims)
+    for index, claim in enumerate(claims):
+        key = f"report.claims[{index}]"
+        _expect(isinstance(claim, dict) and set(claim) == set(CLAIM_KEYS), key, f"a mapping of {CLAIM_KEYS}", claim)
+        _expect(isinstance(claim["claim"], str) and claim["claim"], f"{key}.claim", "a sentence", claim["claim"])
+        for role in ("arm", "baseline"):
+            _expect(claim[role] in arms, f"{key}.{role}", "one of the arms", claim[role])
+    if claims or "baseline" in report:
+        _expect({"x", "y"} <= set(report), "report", "given x and y where it compares arms", report)
     return SweepGrid(
         experiment=raw["experiment"],
         name=name,

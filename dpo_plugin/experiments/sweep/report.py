@@ -13,16 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import mean
 
-import matplotlib
-
 from ...utils.atomic import atomic_file, write_json
 from .grid import Cell, SweepGrid
 from .intervals import difference_at_matched_x, interval, replicate_means
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-START = ("start", "")  # the group of the common starting policy in the bootstrap
+from .plots import START, plot_frontier, plot_training, probe_paths, probes_by_step, save_figure
 
 
 def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], stale: list[Cell], command: str):
@@ -41,18 +35,22 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
         bootstrap_groups[START] = [start]
     replicated = replicate_means(bootstrap_groups, per_prompt) if per_prompt and groups else {}
     rows = [_row(group, records_of, replicated.get(group, {})) for group, records_of in groups.items()]
-    verdicts = _verdicts(grid, groups, replicated)
+    verdicts, claims = _verdicts(grid, groups, replicated), _claims(grid, groups, replicated)
     missing = [cell for cell in cells if cell.id not in records]
-    markdown = _markdown(grid, cells, rows, verdicts, missing, stale, command, START in replicated)
+    markdown = _markdown(grid, cells, rows, verdicts, claims, missing, stale, command, START in replicated)
     folder = grid.ledger_dir
     paths = [folder / "report.md", folder / "report.json"]
     atomic_file(paths[0], lambda temporary: Path(temporary).write_text(markdown))
     payload = {"command": command, "cells": len(cells), "finished": len(records), "rows": rows, "verdicts": verdicts}
+    payload |= {"claims": claims}
     write_json(paths[1], payload | {"missing": [cell.id for cell in missing], "stale": [cell.id for cell in stale]})
     x, y = grid.report.get("x"), grid.report.get("y")
     if x in per_prompt and y in per_prompt:
         paths.append(folder / "frontier.png")
-        _save(plot_frontier(grid, replicated, x, y), paths[-1])
+        save_figure(plot_frontier(grid, replicated, probe_paths(groups, x, y), x, y), paths[-1])
+    if y is not None and any(probes_by_step(records, (y,)) for records in groups.values()):
+        paths.append(folder / "training.png")
+        save_figure(plot_training(grid, groups, y), paths[-1])
     return markdown, paths
 
 
@@ -72,22 +70,53 @@ def _row(group: tuple[str, str], records: list[dict], replicated: dict) -> dict:
 
 
 def _verdicts(grid: SweepGrid, groups: dict, replicated: dict) -> list[dict]:
-    """Each non-baseline group's y against the baseline arm's curve at its x (`difference_at_matched_x`)."""
-    x, y, baseline = (grid.report.get(key) for key in ("x", "y", "baseline"))
+    """Each group of every arm but the baseline against the baseline arm's curve (`_against`)."""
+    baseline = grid.report.get("baseline")
+    if baseline is None:
+        return []
+    return _against(grid, baseline, [arm for arm in grid.arms if arm != baseline], groups, replicated)
+
+
+def _claims(grid: SweepGrid, groups: dict, replicated: dict) -> list[dict]:
+    """Each of `report.claims` (an arm above another at the same x): its arm's groups against the other's curve,
+    and one verdict over them (`claim_verdict`)."""
+    claims = []
+    for claim in grid.report.get("claims", []):
+        rows = _against(grid, claim["baseline"], [claim["arm"]], groups, replicated)
+        claims.append(claim | {"verdict": claim_verdict(rows), "settings": rows})
+    return claims
+
+
+def _against(grid: SweepGrid, baseline: str, arms: list[str], groups: dict, replicated: dict) -> list[dict]:
+    """Each group of `arms`: its y minus the `baseline` arm's y at its x, the curve piecewise linear through the
+    baseline's settings and the common start (`difference_at_matched_x`); none while the baseline has no group."""
+    x, y = grid.report["x"], grid.report["y"]
     curve = [replicated[group] for group in groups if group[0] == baseline and group in replicated]
-    if not (x and y and baseline and curve) or any(x not in point or y not in point for point in curve):
+    if not curve or any(x not in point or y not in point for point in curve):
         return []
     if START in replicated:
         curve.append(replicated[START])
-    verdicts = []
-    for group in groups:
-        if group[0] != baseline and group in replicated:
-            row = difference_at_matched_x(replicated[group], curve, x, y)
-            verdicts.append({"arm": group[0], "setting": group[1], **row})
-    return verdicts
+    return [
+        {"arm": group[0], "setting": group[1], **difference_at_matched_x(replicated[group], curve, x, y)}
+        for group in groups
+        if group[0] in arms and group in replicated
+    ]
 
 
-def _markdown(grid, cells, rows, verdicts, missing, stale, command, has_start) -> str:
+def claim_verdict(rows: list[dict]) -> str:
+    """One verdict from a claim's settings: "holds" where some hold and none does not, "does not hold" where some
+    do not and none holds, "mixed" where both, "not resolved" where none is resolved (or none is finished)."""
+    held = sum(row["verdict"] == "holds" for row in rows)
+    failed = sum(row["verdict"] == "does not hold" for row in rows)
+    if held and failed:
+        return f"mixed: holds at {held}, does not hold at {failed} of {len(rows)} settings"
+    if held or failed:
+        verdict, rest = "holds" if held else "does not hold", len(rows) - held - failed
+        return f"{verdict} at {held or failed} of {len(rows)} settings" + (f" ({rest} not resolved)" if rest else "")
+    return "not resolved" + (f" at any of {len(rows)} settings" if rows else ": no finished cells to compare")
+
+
+def _markdown(grid, cells, rows, verdicts, claims, missing, stale, command, has_start) -> str:
     finished = len(cells) - len(missing)
     lines = [
         f"# {grid.name}",
@@ -108,35 +137,53 @@ def _markdown(grid, cells, rows, verdicts, missing, stale, command, has_start) -
         values = [_format(row.get(metric)) for metric in metrics]
         seeds = ", ".join(map(str, row["seeds"]))
         lines.append(f"| {row['arm']} | {row['setting']} | {seeds} | " + " | ".join(values) + " |")
-    if verdicts:
-        x, y, baseline = (grid.report[key] for key in ("x", "y", "baseline"))
+    x, y = grid.report.get("x"), grid.report.get("y")
+    reading = (
+        f"Each row's {y} minus the other arm's {y} read off its curve (piecewise linear through its settings"
+        f"{' and the starting policy at ' + str(x) + ' = 0' if has_start else ''}) at the row's {x}, per bootstrap "
+        "replicate; holds: the 95% interval lies above 0; does not hold: below; not resolved: it spans 0, or the "
+        f"row's {x} lies beyond the curve. Between two of the other arm's points the curve is a straight line: "
+        "where they lie far apart and the true curve bends up (concave), the line runs below it, so a verdict read "
+        "in such a gap favours the row; the interval does not cover that."
+    )
+    if claims:
+        lines += ["", f"## Claims, at the same {x}", "", reading, "", "| claim | verdict |", "|---|---|"]
         lines += [
-            "",
-            f"## Against {baseline} at the same {x}",
-            "",
-            f"Each row's {y} minus {baseline}'s {y} read off its curve (piecewise linear through its settings"
-            f"{' and the starting policy at ' + x + ' = 0' if has_start else ''}) at the row's {x}, per bootstrap "
-            "replicate; holds: the 95% interval lies above 0; does not hold: below; not resolved: it spans 0, or the "
-            f"row's {x} lies beyond the curve. Between two of the baseline's points the curve is a straight line: "
-            "where they lie far apart and the true curve bends up (concave), the line runs below it, so a verdict read "
-            "in such a gap favours the row; the interval does not cover that.",
-            "",
-            f"| arm | setting | {x} | {y} | {baseline} at that {x} | difference [95%] | verdict |",
-            "|---|---|---|---|---|---|---|",
+            f"| {claim['claim']} ({claim['arm']} against {claim['baseline']}) | {claim['verdict']} |"
+            for claim in claims
         ]
-        for v in verdicts:
-            difference = f"{v['difference']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" if v["low"] == v["low"] else "–"
-            baseline_y = f"{v['baseline_y']:.3f}" if v["baseline_y"] == v["baseline_y"] else "–"
-            lines.append(
-                f"| {v['arm']} | {v['setting']} | {v['x']:.2f} | {v['y']:.3f} | {baseline_y} | {difference} | "
-                f"{v['verdict']} |"
+        for claim in claims:
+            lines += ["", f"### {claim['claim']}", ""]
+            lines += (
+                _verdict_table(claim["settings"], x, y, claim["baseline"]) if claim["settings"] else ["No cells yet."]
             )
+    if verdicts:
+        baseline = grid.report["baseline"]
+        lines += ["", f"## Against {baseline} at the same {x}", "", reading, ""]
+        lines += _verdict_table(verdicts, x, y, baseline)
     if missing or stale:
         lines += ["", "## Not finished", ""]
         lines += [f"- {cell.id}: {'stale (its settings changed)' if cell in stale else 'missing'}" for cell in missing]
     if (grid.ledger_dir / "frontier.png").exists() or verdicts:
         lines += ["", "![frontier](frontier.png)"]
+    if (grid.ledger_dir / "training.png").exists():
+        lines += ["", "![training](training.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _verdict_table(rows: list[dict], x: str, y: str, baseline: str) -> list[str]:
+    lines = [
+        f"| arm | setting | {x} | {y} | {baseline} at that {x} | difference [95%] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in rows:
+        difference = f"{v['difference']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" if v["low"] == v["low"] else "–"
+        baseline_y = f"{v['baseline_y']:.3f}" if v["baseline_y"] == v["baseline_y"] else "–"
+        lines.append(
+            f"| {v['arm']} | {v['setting']} | {v['x']:.2f} | {v['y']:.3f} | {baseline_y} | {difference} | "
+            f"{v['verdict']} |"
+        )
+    return lines
 
 
 def _format(value) -> str:
@@ -147,44 +194,3 @@ def _format(value) -> str:
     if "estimate" in value:
         return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
     return f"{value['mean']:.3g} ± {value['spread']:.2g}"
-
-
-def plot_frontier(grid: SweepGrid, replicated: dict, x: str, y: str):
-    """y against x per arm, one point per setting with both 95% intervals, joined in order of x from the start."""
-    figure, axis = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
-    start = replicated.get(START)
-    if start is not None:
-        axis.scatter([start[x][0]], [start[y][0]], color="black", marker="x", label="start", zorder=3)
-    for index, arm in enumerate(grid.arms):
-        points = [values for (name, _), values in replicated.items() if name == arm]
-        if not points:
-            continue
-        points.sort(key=lambda values: values[x][0])
-        xs, ys = [interval(p[x]) for p in points], [interval(p[y]) for p in points]
-        line_x = ([start[x][0]] if start is not None else []) + [v[0] for v in xs]
-        line_y = ([start[y][0]] if start is not None else []) + [v[0] for v in ys]
-        colour = f"C{index}"
-        axis.plot(
-            line_x, line_y, color=colour, alpha=0.6, linestyle="--" if arm == grid.report.get("baseline") else "-"
-        )
-        axis.errorbar(
-            [v[0] for v in xs],
-            [v[0] for v in ys],
-            xerr=[[v[0] - v[1] for v in xs], [v[2] - v[0] for v in xs]],
-            yerr=[[v[0] - v[1] for v in ys], [v[2] - v[0] for v in ys]],
-            fmt="o",
-            capsize=2,
-            color=colour,
-            label=arm,
-        )
-    axis.set_xlabel(x)
-    axis.set_ylabel(y)
-    axis.set_title(f"{grid.name}: {y} against {x} (95% bootstrap intervals)")
-    axis.legend(loc="best", fontsize=8)
-    axis.grid(alpha=0.3)
-    return figure
-
-
-def _save(figure, path: Path) -> None:
-    atomic_file(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    plt.close(figure)

@@ -1,0 +1,111 @@
+"""The sweep report's figures: the frontier (y against x per arm, with intervals and each setting's path along
+training) and y during training per arm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import mean
+
+import matplotlib
+
+from ...utils.atomic import atomic_file
+from .grid import SweepGrid
+from .intervals import interval
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+START = ("start", "")  # the group of the common starting policy in the bootstrap
+
+
+def probes_by_step(records: list[dict], keys: tuple[str, ...]) -> dict[int, list[dict]]:
+    """The cells' probes during training (`details.probes`, each with its `step`) that hold every one of `keys`,
+    gathered by step, in step order."""
+    by_step: dict[int, list[dict]] = {}
+    for record in records:
+        for point in record.get("details", {}).get("probes", []):
+            if all(key in point for key in keys):
+                by_step.setdefault(point["step"], []).append(point)
+    return dict(sorted(by_step.items()))
+
+
+def probe_paths(groups: dict, x: str, y: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """Per group, the (x, y) of its probes averaged over its seeds probe by probe: a setting's path from the start to
+    its end point."""
+    return {
+        group: [
+            (mean(p[x] for p in points), mean(p[y] for p in points))
+            for points in probes_by_step(records, (x, y)).values()
+        ]
+        for group, records in groups.items()
+    }
+
+
+def plot_frontier(grid: SweepGrid, replicated: dict, paths: dict, x: str, y: str):
+    """y against x per arm: one point per setting with both 95% intervals, joined in order of x from the start, and
+    each setting's path along training (`paths`: its probes, averaged over seeds) as a faint line."""
+    figure, axis = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
+    start = replicated.get(START)
+    if start is not None:
+        axis.scatter([start[x][0]], [start[y][0]], color="black", marker="x", label="start", zorder=3)
+    for index, arm in enumerate(grid.arms):
+        colour = f"C{index}"
+        for (name, _), path in paths.items():
+            if name == arm and len(path) > 1:
+                axis.plot(*zip(*path, strict=True), color=colour, alpha=0.25, linewidth=0.8, marker=".", markersize=3)
+        points = [values for (name, _), values in replicated.items() if name == arm]
+        if not points:
+            continue
+        points.sort(key=lambda values: values[x][0])
+        xs, ys = [interval(p[x]) for p in points], [interval(p[y]) for p in points]
+        line_x = ([start[x][0]] if start is not None else []) + [v[0] for v in xs]
+        line_y = ([start[y][0]] if start is not None else []) + [v[0] for v in ys]
+        dashed = arm == grid.report.get("baseline")
+        axis.plot(line_x, line_y, color=colour, alpha=0.6, linestyle="--" if dashed else "-")
+        axis.errorbar(
+            [v[0] for v in xs],
+            [v[0] for v in ys],
+            xerr=[[v[0] - v[1] for v in xs], [v[2] - v[0] for v in xs]],
+            yerr=[[v[0] - v[1] for v in ys], [v[2] - v[0] for v in ys]],
+            fmt="o",
+            capsize=2,
+            color=colour,
+            label=arm,
+        )
+    axis.set_xlabel(x)
+    axis.set_ylabel(y)
+    axis.set_title(f"{grid.name}: {y} against {x} (95% bootstrap intervals; faint: along training)", fontsize=10)
+    axis.legend(loc="best", fontsize=8)
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_training(grid: SweepGrid, groups: dict, y: str):
+    """y of each arm's probes against its training step (its own unit: optimizer steps, PPO updates or rounds), a
+    line per setting through the mean over seeds, the band from the lowest to the highest seed."""
+    arms = [arm for arm in grid.arms if any(group[0] == arm for group in groups)]
+    columns = min(3, len(arms))
+    rows = -(-len(arms) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False, constrained_layout=True)
+    for axis, arm in zip(axes.flat, arms, strict=False):
+        settings = [(setting, records) for (name, setting), records in groups.items() if name == arm]
+        for index, (setting, records) in enumerate(settings):
+            by_step = probes_by_step(records, (y,))
+            steps, values = list(by_step), [[point[y] for point in points] for points in by_step.values()]
+            label = f"{setting} ({len(records)} seeds)"
+            axis.plot(steps, [mean(v) for v in values], color=f"C{index}", marker=".", label=label)
+            axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=f"C{index}", alpha=0.15)
+        axis.set_title(arm, fontsize=10)
+        axis.set_xlabel("step")
+        axis.set_ylabel(y)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(arms) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"{grid.name}: {y} during training (mean over seeds; band: lowest to highest seed)", fontsize=10)
+    return figure
+
+
+def save_figure(figure, path: Path) -> None:
+    atomic_file(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
+    plt.close(figure)
