@@ -1,7 +1,7 @@
 """A small, fast experiment for the sweep's tests (`experiment: line_cells:LineCells`, with tests/experiments on the
 path): each cell measures a noisy curve y = level + slope · √x at x = `strength` on `prompts` prompts, from its
-seed. Cells log each run to `output_dir/runs.log`, and `hold_seconds` keeps one running (stoppable by SIGTERM, as a
-trainer is) so interruption can be tested."""
+seed, or fails as diverged when its seed is `diverge_seed`. Cells log each run to `output_dir/runs.log`, and
+`hold_seconds` keeps one running (stoppable by SIGTERM, as a trainer is) so interruption can be tested."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dpo_plugin.experiments.sweep.grid import CellResult
+from dpo_plugin.experiments.sweep.grid import CellFailed, CellResult
 from dpo_plugin.training.interruption import Interrupted, StopSignals
 from dpo_plugin.utils.errors import ConfigError
 
-KEYS = {"level", "slope", "strength", "prompts", "hold_seconds", "seed"}
+KEYS = {"level", "slope", "strength", "prompts", "hold_seconds", "diverge_seed", "seed"}
 
 
 class LineCells:
@@ -40,6 +40,8 @@ class LineCells:
                 if stop.received is not None:
                     raise Interrupted(stop.received, folder.name)
                 time.sleep(0.02)
+        if values.get("diverge_seed") == values["seed"]:
+            raise CellFailed("diverged: a non-finite loss at step 2")
         rng = np.random.default_rng(values["seed"])
         prompts = values.get("prompts", 64)
         x = values["strength"] * (1 + 0.1 * rng.standard_normal(prompts))

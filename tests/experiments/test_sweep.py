@@ -242,6 +242,28 @@ def test_claims_compare_named_arms_at_the_same_x_and_give_one_verdict_each(tmp_p
     assert "### flat above steeper" in markdown
 
 
+def test_a_diverged_cell_is_recorded_counted_in_its_row_and_not_run_again(tmp_path):
+    arms = {"baseline": {"slope": 0.1}, "steeper": {"slope": 0.3, "diverge_seed": 2}}
+    path = write_grid(tmp_path, arms=arms, settings=[{"strength": 1.0}])
+    main(["sweep", "--config", str(path)])
+    failed = json.loads(cell_files(tmp_path)["steeper--strength-1--seed2.json"])
+    assert failed["failed"] == "diverged: a non-finite loss at step 2" and failed["metrics"] == {}
+    main(["sweep", "--config", str(path)])
+    assert runs_logged(tmp_path).count("steeper--strength-1--seed2") == 1  # a failure is a result: not run again
+    report = json.loads((tmp_path / "ledger" / "report.json").read_text())
+    assert report["failed"] == {"steeper--strength-1--seed2": "diverged: a non-finite loss at step 2"}
+    row = next(row for row in report["rows"] if row["arm"] == "steeper")
+    assert row["seeds"] == [1] and row["failed"] == "1 of 2" and "y seed spread" not in row
+    seed1 = json.loads(cell_files(tmp_path)["steeper--strength-1--seed1.json"])
+    assert row["y"]["estimate"] == pytest.approx(np.mean(seed1["per_prompt"]["y"]), abs=1e-4)
+    baseline = next(row for row in report["rows"] if row["arm"] == "baseline")
+    seed_means = [
+        json.loads(cell_files(tmp_path)[f"baseline--strength-1--seed{s}.json"])["metrics"]["y"] for s in (1, 2)
+    ]
+    assert baseline["y seed spread"] == pytest.approx(max(seed_means) - min(seed_means))
+    assert "## Failed runs" in (tmp_path / "ledger" / "report.md").read_text()
+
+
 def test_claim_verdicts_count_settings():
     holds, fails, open_ = ({"verdict": verdict} for verdict in ("holds", "does not hold", "not resolved: x beyond"))
     assert claim_verdict([holds, open_]) == "holds at 1 of 2 settings (1 not resolved)"

@@ -20,13 +20,14 @@ its held-out accuracy and training time.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import yaml
 
 from ...objectives.losses import OBJECTIVES
-from ...utils.errors import ConfigError
+from ...utils.errors import ConfigError, NonFiniteTrainingError, one_line
 from .runs import ONLINE_ARM, PPO_METHODS, CompareConfig
 from .setup import ComparisonSetup
 
@@ -84,7 +85,7 @@ class ComparisonCells:
         return settings
 
     def run(self, values: dict, folder: Path):
-        from ..sweep.grid import CellResult
+        from ..sweep.grid import CellFailed, CellResult
 
         config, method, strength, seed, recipe_overrides, eval_rewards = self.parse(values)
         started = time.perf_counter()
@@ -97,8 +98,13 @@ class ComparisonCells:
             details |= {"reward_model_accuracy": setup.reward_model["accuracy"]}
             details |= {"reward_model_train_seconds": setup.reward_model["train_seconds"]}
         setup_seconds = time.perf_counter() - started
-        result = setup.train(config, method, strength, seed, folder, as_flags(recipe_overrides))
+        try:
+            result = setup.train(config, method, strength, seed, folder, as_flags(recipe_overrides))
+        except NonFiniteTrainingError as error:
+            raise CellFailed(f"diverged: {one_line(error)}") from error
         samples = result.samples
+        if not all(math.isfinite(value) for value in (*samples.rewards.values(), samples.kl)):
+            raise CellFailed(f"diverged: non-finite held-out rewards {samples.rewards} or KL {samples.kl}")
         total = time.perf_counter() - started
         metrics = {name: reward for name, reward in METRICS.items() if reward in eval_rewards}
         return CellResult(

@@ -8,7 +8,8 @@ the cells whose names match one of the shell patterns, pattern by pattern in the
 needs first can run first); the report still covers the whole grid. `--max_minutes M`
 starts no new cell once M minutes have passed and exits 0. SIGTERM or SIGINT stops the running cell at the end of
 its optimizer step (it is not recorded) or, between training and the end of its evaluation, once the cell is
-recorded; the sweep then writes the report and exits 128 + the signal. `--report` only builds the report.
+recorded; the sweep then writes the report and exits 128 + the signal. A cell whose run diverges (`CellFailed`) is
+recorded as failed and the sweep goes on. `--report` only builds the report.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from statistics import mean
 from ...training.interruption import Interrupted, StopSignals
 from ...utils.errors import ConfigError
 from ...utils.run_folder import run_folder
-from .grid import read_grid
+from .grid import CellFailed, CellResult, read_grid
 from .ledger import Ledger
 from .report import build_report
 
@@ -102,6 +103,9 @@ def _run(grid, runner, ledger, settings, cells, todo, max_minutes) -> int | None
             except Interrupted as interrupted:
                 logger.warning("%s: cell %s is not recorded (it runs again from its start).", interrupted, cell.id)
                 return interrupted.signal_number
+            except CellFailed as failure:
+                logger.warning("Cell %s failed: %s. Recorded as failed; it is not run again.", cell.id, failure)
+                result = CellResult(metrics={}, seconds={"run": time.monotonic() - cell_started}, failed=str(failure))
             durations.append(time.monotonic() - cell_started)
             ledger.record(cell, settings[cell.id], result)
             logger.info("Cell %s finished in %.1f min: %s.", cell.id, durations[-1] / 60, ledger.path(cell))

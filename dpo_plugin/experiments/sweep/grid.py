@@ -46,13 +46,21 @@ class CellResult:
     """What a finished cell records: `metrics` (name -> number), `per_prompt` (metric -> one value per held-out
     prompt, in the same prompt order in every cell, for intervals over prompts), `start_per_prompt` (the same for
     the policy every cell starts from, where the experiment has one), `seconds` (phase -> wall seconds) and
-    `details` (anything else small worth keeping, e.g. held-out probes during training)."""
+    `details` (anything else small worth keeping, e.g. held-out probes during training); `failed`, the reason, for
+    a cell whose run diverged (its metrics then empty)."""
 
     metrics: dict[str, float]
     per_prompt: dict[str, list[float]] = field(default_factory=dict)
     start_per_prompt: dict[str, list[float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    failed: str | None = None
+
+
+class CellFailed(Exception):
+    """Raised by a cell whose run diverged (e.g. a non-finite loss or metric): the failure is its result. The sweep
+    records the cell as failed, the report counts it in its setting's row (a failed run is counted, not dropped), and
+    a rerun does not run it again."""
 
 
 class CellRunner(Protocol):
@@ -64,7 +72,8 @@ class CellRunner(Protocol):
         value the experiment cannot run (checked for every cell before the first one runs)."""
 
     def run(self, values: dict, folder: Path) -> CellResult:
-        """Run one cell, keeping its outputs in `folder`; raise `Interrupted` when SIGTERM/SIGINT stopped it."""
+        """Run one cell, keeping its outputs in `folder`; raise `Interrupted` when SIGTERM/SIGINT stopped it and
+        `CellFailed` when its run diverged."""
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,12 @@ from .plots import START, plot_frontier, plot_training, probe_paths, probes_by_s
 def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], stale: list[Cell], command: str):
     """Write report.md, report.json and (with report x and y) frontier.png into the ledger folder; return the
     markdown and the paths written."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}  # the finished cells that did not fail
+    failures: dict[tuple[str, str], list[dict]] = {}
     for cell in cells:
         if cell.id in records:
-            groups.setdefault(cell.group, []).append(records[cell.id])
+            record = records[cell.id]
+            (failures if record.get("failed") else groups).setdefault(cell.group, []).append(record)
     per_prompt = sorted({metric for rows in groups.values() for r in rows for metric in r["per_prompt"]})
     start = {}  # every cell starts from the same policy, scored on the same draw: one start, each metric's first
     for r in (r for rows in groups.values() for r in rows):
@@ -34,17 +36,24 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
     if start and all(metric in start for metric in per_prompt):
         bootstrap_groups[START] = [start]
     replicated = replicate_means(bootstrap_groups, per_prompt) if per_prompt and groups else {}
-    rows = [_row(group, records_of, replicated.get(group, {})) for group, records_of in groups.items()]
+    y = grid.report.get("y")
+    rows = [
+        _row(group, groups.get(group, []), failures.get(group, []), replicated.get(group, {}), y)
+        for group in dict.fromkeys(cell.group for cell in cells)
+        if group in groups or group in failures
+    ]
     verdicts, claims = _verdicts(grid, groups, replicated), _claims(grid, groups, replicated)
     missing = [cell for cell in cells if cell.id not in records]
-    markdown = _markdown(grid, cells, rows, verdicts, claims, missing, stale, command, START in replicated)
+    failed = [record for records_of in failures.values() for record in records_of]
+    markdown = _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, command, START in replicated)
     folder = grid.ledger_dir
     paths = [folder / "report.md", folder / "report.json"]
     atomic_file(paths[0], lambda temporary: Path(temporary).write_text(markdown))
     payload = {"command": command, "cells": len(cells), "finished": len(records), "rows": rows, "verdicts": verdicts}
     payload |= {"claims": claims}
+    payload |= {"failed": {record["cell"]: record["failed"] for record in failed}}
     write_json(paths[1], payload | {"missing": [cell.id for cell in missing], "stale": [cell.id for cell in stale]})
-    x, y = grid.report.get("x"), grid.report.get("y")
+    x = grid.report.get("x")
     if x in per_prompt and y in per_prompt:
         paths.append(folder / "frontier.png")
         save_figure(plot_frontier(grid, replicated, probe_paths(groups, x, y), x, y), paths[-1])
@@ -54,12 +63,19 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
     return markdown, paths
 
 
-def _row(group: tuple[str, str], records: list[dict], replicated: dict) -> dict:
+def _row(group: tuple[str, str], records: list[dict], failures: list[dict], replicated: dict, y: str | None) -> dict:
+    """A setting's row over its seeds: each metric, the spread of y's seed means (its stability), the failed runs
+    (counted: they are part of the setting's result) and the mean time of each phase."""
     arm, setting = group
     row = {"arm": arm, "setting": setting, "seeds": sorted(r["seed"] for r in records)}
     for metric, values in replicated.items():
         estimate, low, high = interval(values)
         row[metric] = {"estimate": estimate, "low": low, "high": high}
+    seed_means = [r["metrics"][y] for r in records if y in r["metrics"]]
+    if len(seed_means) > 1:
+        row[f"{y} seed spread"] = max(seed_means) - min(seed_means)
+    if failures:
+        row["failed"] = f"{len(failures)} of {len(records) + len(failures)}"
     for metric in dict.fromkeys(name for r in records for name in r["metrics"]):
         if metric not in replicated:
             series = [r["metrics"][metric] for r in records if metric in r["metrics"]]
@@ -116,7 +132,7 @@ def claim_verdict(rows: list[dict]) -> str:
     return "not resolved" + (f" at any of {len(rows)} settings" if rows else ": no finished cells to compare")
 
 
-def _markdown(grid, cells, rows, verdicts, claims, missing, stale, command, has_start) -> str:
+def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, command, has_start) -> str:
     finished = len(cells) - len(missing)
     lines = [
         f"# {grid.name}",
@@ -127,7 +143,8 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, command, has_
         "",
         "Per-prompt metrics: the estimate with its 95% bootstrap interval [low, high] over held-out prompts and seeds "
         "(prompts drawn once per replicate for every row: paired). Other metrics: the mean ± the spread (max − min) "
-        "over seeds. `<phase> min`: the mean wall time of that phase of a cell.",
+        "over seeds. `<y> seed spread`: the highest seed's mean minus the lowest's. `failed`: runs that diverged, "
+        "left out of the estimates and counted here. `<phase> min`: the mean wall time of that phase of a cell.",
         "",
     ]
     metrics = list(dict.fromkeys(key for row in rows for key in row if key not in ("arm", "setting", "seeds")))
@@ -161,6 +178,9 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, command, has_
         baseline = grid.report["baseline"]
         lines += ["", f"## Against {baseline} at the same {x}", "", reading, ""]
         lines += _verdict_table(verdicts, x, y, baseline)
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {record['cell']}: {record['failed']}" for record in failed]
     if missing or stale:
         lines += ["", "## Not finished", ""]
         lines += [f"- {cell.id}: {'stale (its settings changed)' if cell in stale else 'missing'}" for cell in missing]
@@ -189,8 +209,10 @@ def _verdict_table(rows: list[dict], x: str, y: str, baseline: str) -> list[str]
 def _format(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, str):
+        return value
     if isinstance(value, (int, float)):
-        return f"{value:.1f}"
+        return f"{value:.3g}"
     if "estimate" in value:
         return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
     return f"{value['mean']:.3g} ± {value['spread']:.2g}"
