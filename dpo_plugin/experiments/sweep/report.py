@@ -212,7 +212,7 @@ def _format(value) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)):
-        return f"{value:.3g}"
+        return format(round(value, 4), ".4g")
     if "estimate" in value:
         return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
     return f"{value['mean']:.3g} ± {value['spread']:.2g}"
