@@ -350,6 +350,7 @@ def test_comparison_cells_offline_and_online_on_a_tiny_model(tmp_path, monkeypat
     )
     online = json.loads(files["online-dpo-gold--beta-0.1--seed42.json"])
     assert online["settings"]["method"] == "online-dpo/gold" and online["settings"]["recipe"]["rounds"] == 2
+    assert [step for step, _ in offline["details"]["curves"]["rewards/margins"]][-1] == offline["metrics"]["steps"]
     prompts = len(online["per_prompt"]["gold"])  # the held-out prompts left after tied pairs are dropped
     assert prompts >= 1 and online["metrics"]["gold"] == pytest.approx(np.mean(online["per_prompt"]["gold"]), abs=1e-4)
     assert len(online["per_prompt"]["kl"]) == prompts and online["start_per_prompt"]["kl"] == [0.0] * prompts

@@ -14,8 +14,9 @@ Recorded: metrics `gold` (mean gold reward of one sample per held-out prompt), `
 implicit reward) and `steps`; per prompt `gold`, `kl` (and `rm_score`), and the reference's (`start_per_prompt`,
 KL 0); seconds `setup` (data, reference and reward model, paid by a process's first cell), `train` (for online arms
 sampling and ranking too), `evaluate` (probes during training and the final evaluation); details: the held-out
-`probes` during training (step 0 is the reference; keyed by the metric names) and, where a reward model is used,
-its held-out accuracy and training time.
+`probes` during training (step 0 is the reference; keyed by the metric names), the training log's `curves` (name
+-> [[step, value], ...]: e.g. rewards/margins) and, where a reward model is used, its held-out accuracy and training
+time.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class ComparisonCells:
                 "train": result.train_seconds,
                 "evaluate": total - setup_seconds - result.train_seconds,
             },
-            details=details | {"probes": [_metric_names(probe) for probe in result.probes]},
+            details=details | {"probes": [_metric_names(probe) for probe in result.probes], "curves": result.curves},
         )
 
 
