@@ -1,7 +1,8 @@
 """A small, fast experiment for the sweep's tests (`experiment: line_cells:LineCells`, with tests/experiments on the
 path): each cell measures a noisy curve y = level + slope · √x at x = `strength` on `prompts` prompts, from its
-seed, or fails as diverged when its seed is `diverge_seed`. Cells log each run to `output_dir/runs.log`, and
-`hold_seconds` keeps one running (stoppable by SIGTERM, as a trainer is) so interruption can be tested."""
+seed, and logs a "margin" growing as slope · step over 20 steps, or fails as diverged when its seed is
+`diverge_seed`. Cells log each run to `output_dir/runs.log`, and `hold_seconds` keeps one running (stoppable by
+SIGTERM, as a trainer is) so interruption can be tested."""
 
 from __future__ import annotations
 
@@ -48,15 +49,17 @@ class LineCells:
         noise = 0.05 * rng.standard_normal(prompts)
         y = values.get("level", 0.5) + values.get("slope", 0.1) * np.sqrt(np.abs(x)) + noise
         start = 0.5 + 0.05 * np.random.default_rng(0).standard_normal(prompts)
+        margin = values.get("slope", 0.1) * np.arange(1, 21) * (1 + 0.1 * rng.standard_normal(20))
         return CellResult(
             metrics={"x": float(x.mean()), "y": float(y.mean()), "steps": 3},
             per_prompt={"x": x.tolist(), "y": y.tolist()},
             start_per_prompt={"x": [0.0] * prompts, "y": start.tolist()},
             seconds={"run": values.get("hold_seconds", 0)},
             details={
+                "curves": {"margin": [[step, float(value)] for step, value in enumerate(margin, 1)]},
                 "probes": [
                     {"step": step, "x": float(x.mean()) * step / 2, "y": 0.5 + (y.mean() - 0.5) * step / 2}
                     for step in (0, 1, 2)
-                ]
+                ],
             },
         )

@@ -264,6 +264,33 @@ def test_a_diverged_cell_is_recorded_counted_in_its_row_and_not_run_again(tmp_pa
     assert "## Failed runs" in (tmp_path / "ledger" / "report.md").read_text()
 
 
+def test_a_curve_claim_compares_the_growth_over_the_second_half_seed_by_seed(tmp_path):
+    claim = {
+        "claim": "baseline bounded where steeper grows",
+        "curve": "margin",
+        "arm": "baseline",
+        "baseline": "steeper",
+    }
+    report = {"x": "x", "y": "y", "curve_claims": [claim]}
+    path = write_grid(tmp_path, seeds=[1, 2, 3], settings=[{"strength": 1.0}], report=report)
+    main(["sweep", "--config", str(path)])
+    (row,) = json.loads((tmp_path / "ledger" / "report.json").read_text())["curve_claims"][0]["settings"]
+
+    def growth(arm, seed):  # the mean of the last 2 of 20 logged values minus the mean of values 9 to 11
+        record = json.loads(cell_files(tmp_path)[f"{arm}--strength-1--seed{seed}.json"])
+        values = [value for _, value in record["details"]["curves"]["margin"]]
+        return np.mean(values[-2:]) - np.mean(values[8:11])
+
+    differences = [growth("steeper", seed) - growth("baseline", seed) for seed in (1, 2, 3)]
+    half_width = 4.302652729911275 * np.std(differences, ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert row["seeds"] == [1, 2, 3] and row["difference"] == pytest.approx(np.mean(differences))
+    assert row["low"] == pytest.approx(np.mean(differences) - half_width)
+    assert row["baseline growth"] == pytest.approx(np.mean([growth("steeper", seed) for seed in (1, 2, 3)]))
+    assert row["verdict"] == "holds"
+    assert (tmp_path / "ledger" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert "## baseline bounded where steeper grows" in (tmp_path / "ledger" / "report.md").read_text()
+
+
 def test_claim_verdicts_count_settings():
     holds, fails, open_ = ({"verdict": verdict} for verdict in ("holds", "does not hold", "not resolved: x beyond"))
     assert claim_verdict([holds, open_]) == "holds at 1 of 2 settings (1 not resolved)"

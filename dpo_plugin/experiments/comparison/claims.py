@@ -17,6 +17,7 @@ import math
 from statistics import mean, stdev
 
 from ...tasks.sentiment.gold import GoldSentimentReward
+from ..sweep.curves import half_and_end
 from .runs import CompareConfig, ComparisonEvaluation, RunResult, heldout_text, train_preference
 
 MARGIN_CURVE = "rewards/margins"
@@ -59,11 +60,10 @@ def dpo_versus_ipo(config: CompareConfig, reference, tokenizer, output_dir) -> d
 def _trajectory(run: RunResult) -> dict:
     """The margin half-way and at the end (mean of the last 10% of logged steps), and the sampled KL at the end."""
     margins = [value for _, value in run.curves.get(MARGIN_CURVE, [])]
-    tail = max(1, len(margins) // 10)
-    half = len(margins) // 2
+    half, end = half_and_end(margins) if margins else (None, None)
     return {
-        "margin_half": mean(margins[max(0, half - tail) : half + 1]) if margins else None,
-        "margin_end": mean(margins[-tail:]) if margins else None,
+        "margin_half": half,
+        "margin_end": end,
         "kl_end": run.samples.kl,
         "gold_end": run.samples.rewards.get("gold_sentiment"),
         "accuracy_end": run.accuracy.value,

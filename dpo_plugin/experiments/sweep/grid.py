@@ -15,6 +15,8 @@ A grid file (`recipes/experiments/<name>.yaml`) names the experiment whose cells
       baseline: offline-dpo          # every other arm against this one
       claims:                        # and named claims, each an arm against another
         - {claim: online DPO above offline DPO, arm: online-dpo-gold, baseline: offline-dpo}
+      curve_claims:                  # claims on a training-log curve's growth over the second half (curves.py)
+        - {claim: IPO bounded where DPO's margin grows, curve: rewards/margins, arm: ipo, baseline: dpo}
 
 A cell's values are `base`, then its arm's, then its setting's, then `seed`, later ones winning; the experiment turns
 them into the cell's settings (everything its result depends on) and runs it. Cells run arm by arm within each seed,
@@ -36,8 +38,9 @@ from ...utils.errors import ConfigError, UserError
 # experiment name -> "module:Class" of its cell runner
 EXPERIMENTS = {"comparison": "dpo_plugin.experiments.comparison.cells:ComparisonCells"}
 GRID_KEYS = ("experiment", "name", "ledger_dir", "output_dir", "base", "arms", "settings", "seeds", "report")
-REPORT_KEYS = ("x", "y", "baseline", "claims")
+REPORT_KEYS = ("x", "y", "baseline", "claims", "curve_claims")
 CLAIM_KEYS = ("claim", "arm", "baseline")
+CURVE_CLAIM_KEYS = ("claim", "curve", "arm", "baseline")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -175,13 +178,8 @@ def read_grid(path: str | Path) -> SweepGrid:
     if "baseline" in report:
         _expect(report["baseline"] in arms, "report.baseline", "one of the arms", report["baseline"])
     claims = report.get("claims", [])
-    _expect(isinstance(claims, list), "report.claims", f"a list of mappings of {', '.join(CLAIM_KEYS)}", claims)
-    for index, claim in enumerate(claims):
-        key = f"report.claims[{index}]"
-        _expect(isinstance(claim, dict) and set(claim) == set(CLAIM_KEYS), key, f"a mapping of {CLAIM_KEYS}", claim)
-        _expect(isinstance(claim["claim"], str) and claim["claim"], f"{key}.claim", "a sentence", claim["claim"])
-        for role in ("arm", "baseline"):
-            _expect(claim[role] in arms, f"{key}.{role}", "one of the arms", claim[role])
+    _check_claims(claims, "report.claims", CLAIM_KEYS, arms)
+    _check_claims(report.get("curve_claims", []), "report.curve_claims", CURVE_CLAIM_KEYS, arms)
     if claims or "baseline" in report:
         _expect({"x", "y"} <= set(report), "report", "given x and y where it compares arms", report)
     return SweepGrid(
@@ -195,6 +193,18 @@ def read_grid(path: str | Path) -> SweepGrid:
         seeds=seeds,
         report=report,
     )
+
+
+def _check_claims(claims: Any, key: str, keys: tuple[str, ...], arms: dict) -> None:
+    _expect(isinstance(claims, list), key, f"a list of mappings of {', '.join(keys)}", claims)
+    for index, claim in enumerate(claims):
+        item = f"{key}[{index}]"
+        _expect(isinstance(claim, dict) and set(claim) == set(keys), item, f"a mapping of {', '.join(keys)}", claim)
+        for field_name in set(keys) - {"arm", "baseline"}:
+            value = claim[field_name]
+            _expect(isinstance(value, str) and value, f"{item}.{field_name}", "a non-empty string", value)
+        for role in ("arm", "baseline"):
+            _expect(claim[role] in arms, f"{item}.{role}", "one of the arms", claim[role])
 
 
 def _check_settings(settings: Any, key: str) -> None:

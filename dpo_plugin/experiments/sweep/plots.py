@@ -106,6 +106,38 @@ def plot_training(grid: SweepGrid, groups: dict, y: str):
     return figure
 
 
+def plot_curve_claims(grid: SweepGrid, claims: list[dict], groups: dict):
+    """For each curve claim, a panel per setting both arms ran: the curve of each arm against training step, the
+    mean over seeds with the band from the lowest to the highest seed."""
+    panels = [(claim, row["setting"]) for claim in claims for row in claim["settings"]]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False, constrained_layout=True
+    )
+    for axis, (claim, setting) in zip(axes.flat, panels, strict=False):
+        for index, role in enumerate(("baseline", "arm")):
+            series = [record["details"]["curves"].get(claim["curve"], []) for record in groups[(claim[role], setting)]]
+            series = [values for values in series if values]
+            if not series:
+                continue
+            steps = [step for step, _ in min(series, key=len)]
+            table = [[values[i][1] for values in series] for i in range(len(steps))]
+            label = f"{claim[role]} ({len(series)} seeds)"
+            axis.plot(steps, [mean(values) for values in table], color=f"C{index}", label=label)
+            lows, highs = [min(values) for values in table], [max(values) for values in table]
+            axis.fill_between(steps, lows, highs, color=f"C{index}", alpha=0.15)
+        axis.set_title(f"{claim['claim']}\n{setting}", fontsize=8)
+        axis.set_xlabel("step")
+        axis.set_ylabel(claim["curve"])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"{grid.name}: mean over seeds, band from lowest to highest seed", fontsize=9)
+    return figure
+
+
 def save_figure(figure, path: Path) -> None:
     atomic_file(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
     plt.close(figure)

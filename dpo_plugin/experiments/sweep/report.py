@@ -2,10 +2,12 @@
 
 Rows are (arm, setting) groups, each over its finished seeds: per-prompt metrics as the estimate with a 95%
 bootstrap interval over prompts and seeds (`intervals.py`), other metrics as the mean and the spread (max − min)
-over seeds, and the mean wall time of each phase, in minutes. Missing and stale cells are listed by name. With
-`report: {x, y, baseline}` in the grid, the frontier plot draws y against x per arm (every arm starting at the common
-starting policy, x = 0, where the cells record it), and each other arm's (setting's) y is compared with the baseline
-arm's curve at the same x.
+over seeds, the spread of y's seed means, failed runs counted, and the mean wall time of each phase, in minutes.
+Missing, stale and failed cells are listed by name. With `report: {x, y}` in the grid, the frontier plot draws y
+against x per arm (every arm starting at the common starting policy, x = 0, where the cells record it; each setting's
+path along training faint), y during training per arm, and the comparisons: with `baseline`, each other arm's
+(setting's) y against the baseline arm's curve at the same x; with `claims`, each named arm against another, the
+same way, with one verdict per claim; with `curve_claims`, a training-log curve's growth (`curves.py`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 from statistics import mean
 
 from ...utils.atomic import atomic_file, write_json
+from .curves import curve_claim
 from .grid import Cell, SweepGrid
 from .intervals import difference_at_matched_x, interval, replicate_means
-from .plots import START, plot_frontier, plot_training, probe_paths, probes_by_step, save_figure
+from .plots import START, plot_curve_claims, plot_frontier, plot_training, probe_paths, probes_by_step, save_figure
 
 
 def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], stale: list[Cell], command: str):
@@ -43,14 +46,17 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
         if group in groups or group in failures
     ]
     verdicts, claims = _verdicts(grid, groups, replicated), _claims(grid, groups, replicated)
+    curve_claims = [curve_claim(claim, groups) for claim in grid.report.get("curve_claims", [])]
     missing = [cell for cell in cells if cell.id not in records]
     failed = [record for records_of in failures.values() for record in records_of]
-    markdown = _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, command, START in replicated)
+    markdown = _markdown(
+        grid, cells, rows, verdicts, claims + curve_claims, missing, stale, failed, command, START in replicated
+    )
     folder = grid.ledger_dir
     paths = [folder / "report.md", folder / "report.json"]
     atomic_file(paths[0], lambda temporary: Path(temporary).write_text(markdown))
     payload = {"command": command, "cells": len(cells), "finished": len(records), "rows": rows, "verdicts": verdicts}
-    payload |= {"claims": claims}
+    payload |= {"claims": claims, "curve_claims": curve_claims}
     payload |= {"failed": {record["cell"]: record["failed"] for record in failed}}
     write_json(paths[1], payload | {"missing": [cell.id for cell in missing], "stale": [cell.id for cell in stale]})
     x = grid.report.get("x")
@@ -60,6 +66,9 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
     if y is not None and any(probes_by_step(records, (y,)) for records in groups.values()):
         paths.append(folder / "training.png")
         save_figure(plot_training(grid, groups, y), paths[-1])
+    if any(claim["settings"] for claim in curve_claims):
+        paths.append(folder / "curves.png")
+        save_figure(plot_curve_claims(grid, curve_claims, groups), paths[-1])
     return markdown, paths
 
 
@@ -163,6 +172,7 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, comma
         "where they lie far apart and the true curve bends up (concave), the line runs below it, so a verdict read "
         "in such a gap favours the row; the interval does not cover that."
     )
+    claims, curve_claims = [c for c in claims if "curve" not in c], [c for c in claims if "curve" in c]
     if claims:
         lines += ["", f"## Claims, at the same {x}", "", reading, "", "| claim | verdict |", "|---|---|"]
         lines += [
@@ -174,6 +184,8 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, comma
             lines += (
                 _verdict_table(claim["settings"], x, y, claim["baseline"]) if claim["settings"] else ["No cells yet."]
             )
+    for claim in curve_claims:
+        lines += ["", f"## {claim['claim']}", "", CURVE_READING.format(**claim), ""] + _curve_claim_table(claim)
     if verdicts:
         baseline = grid.report["baseline"]
         lines += ["", f"## Against {baseline} at the same {x}", "", reading, ""]
@@ -186,9 +198,34 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, comma
         lines += [f"- {cell.id}: {'stale (its settings changed)' if cell in stale else 'missing'}" for cell in missing]
     if (grid.ledger_dir / "frontier.png").exists() or verdicts:
         lines += ["", "![frontier](frontier.png)"]
-    if (grid.ledger_dir / "training.png").exists():
-        lines += ["", "![training](training.png)"]
+    for figure in ("training", "curves"):
+        if (grid.ledger_dir / f"{figure}.png").exists():
+            lines += ["", f"![{figure}]({figure}.png)"]
     return "\n".join(lines) + "\n"
+
+
+CURVE_READING = (
+    "`{curve}` from the training logs, each setting both arms ran: its growth over the second half of training (the "
+    "mean of the last tenth of logged values minus the mean of the tenth around the middle) and its end value, means "
+    "over the seeds; the difference is {baseline}'s growth minus {arm}'s, seed by seed, with the 95% t interval over "
+    "the seeds; holds: above 0."
+)
+
+
+def _curve_claim_table(claim: dict) -> list[str]:
+    if not claim["settings"]:
+        return ["No setting that both arms ran has finished yet."]
+    arm, baseline = claim["arm"], claim["baseline"]
+    header = f"| setting | seeds | {arm} growth | {arm} end | {baseline} growth | {baseline} end | difference [95%] |"
+    lines = [header + " verdict |", "|---|---|---|---|---|---|---|---|"]
+    for row in claim["settings"]:
+        difference = (
+            f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]" if row["low"] == row["low"] else "–"
+        )
+        numbers = " | ".join(f"{row[key]:.3f}" for key in ("arm growth", "arm end", "baseline growth", "baseline end"))
+        seeds = ", ".join(map(str, row["seeds"]))
+        lines.append(f"| {row['setting']} | {seeds} | {numbers} | {difference} | {row['verdict']} |")
+    return lines
 
 
 def _verdict_table(rows: list[dict], x: str, y: str, baseline: str) -> list[str]:
