@@ -10,16 +10,47 @@ split is seeded (the recipe's `seed`), so the same recipe holds out the same pai
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
-from ..utils.errors import UserError
+from ..utils.errors import ConfigError, UserError
+from ..utils.validation import check_fields
 from .builtin import BUILTIN_DATASETS
 from .loading import load_preference_dataset, load_preference_files
 
 # `datasets` builders whose `data_files` are local files the plugin reads itself
 FILE_BUILDERS = ("json", "csv", "parquet")
+
+
+def check_mixture(parts) -> None:
+    """`ConfigError` naming the entry, for a `datasets:` value TRL's `DatasetConfig` cannot be built from: not a
+    list, an entry that is not a mapping, without a `path`, with a key `DatasetConfig` does not have, or with a value
+    not of its field's type. Run before TRL builds the entries (its own errors are tracebacks)."""
+    from trl.scripts.utils import DatasetConfig
+
+    keys = [field.name for field in dataclasses.fields(DatasetConfig)]
+    if not isinstance(parts, list):
+        raise ConfigError(
+            f"datasets must be a list of datasets, each a mapping with a `path` (as in trl dpo recipes); got {parts!r}."
+        )
+    for index, part in enumerate(parts):
+        if isinstance(part, DatasetConfig):
+            continue
+        if not isinstance(part, dict):
+            raise ConfigError(f"datasets[{index}] must be a mapping of {', '.join(keys)}; got {part!r}.")
+        unknown = sorted(set(part) - set(keys))
+        if unknown:
+            raise ConfigError(
+                f"datasets[{index}]: unknown key(s) {', '.join(unknown)}; a dataset has {', '.join(keys)}."
+            )
+        if not part.get("path"):
+            raise ConfigError(
+                f"datasets[{index}] has no `path`: a local file or folder, a built-in name (sentiment-pairs), a "
+                "json/csv/parquet builder with data_files, or a hub id."
+            )
+        check_fields(part, DatasetConfig, f"datasets[{index}]")
 
 
 def load_mixture(parts: list, split: str, test_split_size: float | None, seed: int, names=("train", "test")):

@@ -12,8 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..utils.errors import ConfigError
-from ..utils.validation import check, integer_at_least
+from ..utils.config_files import check_recipe_yaml
+from ..utils.errors import ConfigError, one_line
+from ..utils.validation import check, check_fields, integer_at_least
 
 logger = logging.getLogger("dpo_plugin")
 
@@ -57,6 +58,7 @@ class LaunchArguments:
         check(self, {"num_processes": integer_at_least(1)})
         if self.accelerate_config is not None:
             self.accelerate_config = str(resolve_accelerate_config(self.accelerate_config))
+            check_accelerate_config(Path(self.accelerate_config))
 
     @property
     def wants_launch(self) -> bool:
@@ -82,6 +84,29 @@ def resolve_accelerate_config(name_or_path: str) -> Path:
         f"accelerate_config {name_or_path!r} is neither a file nor a shipped config: the plugin ships "
         f"{', '.join(ours) or f'none ({ACCELERATE_CONFIG_DIR} is missing)'}; TRL ships {', '.join(trls) or 'none'}."
     )
+
+
+def check_accelerate_config(path: Path) -> None:
+    """A `ConfigError` naming the file and the key, before anything launches, for an accelerate config that is not a
+    YAML mapping or whose counts (the `ClusterConfig` fields declared `int`: num_processes, num_machines,
+    machine_rank, main_process_port) are not integers: accelerate's own errors come from deep inside `accelerate
+    launch`. Other declared types are not enforced: accelerate writes `downcast_bf16: 'no'` into a field it
+    declares `bool`."""
+    import typing
+
+    import yaml
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    check_recipe_yaml(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"accelerate_config {path} is not valid YAML: {one_line(error)}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"accelerate_config {path} must be a mapping of accelerate config keys; got {values!r}.")
+    hints = typing.get_type_hints(ClusterConfig)
+    counts = {key: value for key, value in values.items() if hints.get(key) in (int, typing.Optional[int])}
+    check_fields(counts, ClusterConfig, f"accelerate_config {path}")
 
 
 def trl_accelerate_configs() -> Path | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
+from ..data.mixture import check_mixture
 from ..data.model_folders import model_folder
 from ..utils.config_files import parse_config
 from ..utils.errors import UserError
@@ -37,6 +38,10 @@ class DataArguments(ScriptArguments, DatasetMixtureConfig):
         },
     )
     heldout_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring held-out pairs."})
+
+    def __post_init__(self):
+        check_mixture(self.datasets)
+        super().__post_init__()
 
 
 def parse_recipe(argv: list[str], extra: tuple = (), prog: str = "dpo-plugin train") -> tuple:

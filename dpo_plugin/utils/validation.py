@@ -120,6 +120,15 @@ def check(config: Any, rules: Mapping[str, Rule], types: bool = True) -> None:
             raise ConfigError(rule.error(name, value))
 
 
+def check_fields(values: Mapping[str, Any], cls: type, where: str) -> None:
+    """`ConfigError` naming `where` and the key, for the first of `values` (a mapping read from a file, before
+    dataclass `cls` is built from it) whose value is not of its field's annotated type (`typed_fields`)."""
+    rules = typed_fields(cls)
+    for name, value in values.items():
+        if name in rules and not rules[name].test(value):
+            raise ConfigError(f"{where}: {rules[name].error(name, value)}")
+
+
 @functools.cache
 def typed_fields(cls: type) -> dict[str, Rule]:
     """Field name → the rule its annotation gives, for each field of dataclass `cls` whose type `type_rule` reads."""

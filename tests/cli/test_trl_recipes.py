@@ -2,6 +2,7 @@
 JSON files with a held-out split, and TRL's named accelerate configs."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -58,8 +59,43 @@ def test_held_out_scoring_of_a_mixture_without_a_test_split_says_what_to_set(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "datasets, message",
+    [
+        ({"path": "json"}, "datasets must be a list of datasets, each a mapping with a `path`"),
+        ([{"split": "train"}], r"datasets\[0\] has no `path`"),
+        (["first.json"], r"datasets\[0\] must be a mapping of path, name, data_dir"),
+        ([{"path": "json", "colums": ["prompt"]}], r"datasets\[0\]: unknown key\(s\) colums; a dataset has path"),
+        ([{"path": "json"}, {"path": "json", "fraction": "half"}], r"datasets\[1\]: fraction must be a number"),
+    ],
+)
+def test_a_broken_datasets_mixture_is_one_line_naming_the_entry(tmp_path, capsys, datasets, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--config", trl_dpo_recipe(tmp_path, datasets=datasets)])
+    error = capsys.readouterr().err  # the fixture's own progress bars, then the one line
+    assert exited.value.code == 2 and "Traceback" not in error and not (tmp_path / "run").exists()
+    assert re.search(f"^dpo-plugin train: error: {message}", error.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("num_processes: [1]\n", "acc.yaml: num_processes must be an integer; got [1]"),
+        ("main_process_port: port\n", "acc.yaml: main_process_port must be an integer (or unset); got 'port'"),
+        ("compute_environment: [\n", "acc.yaml is not valid YAML"),
+        ("- 1\n", "acc.yaml must be a mapping of accelerate config keys"),
+    ],
+)
+def test_a_broken_accelerate_config_is_one_line_naming_the_file_and_key(tmp_path, capsys, text, message):
+    (tmp_path / "acc.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--config", trl_dpo_recipe(tmp_path, accelerate_config=str(tmp_path / "acc.yaml"))])
+    error = capsys.readouterr().err  # the fixture's own progress bars, then the one line
+    assert exited.value.code == 2 and "Traceback" not in error and message in error.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("name", ["multi_gpu", "fsdp1", "fsdp2", "zero1", "zero2", "zero3"])
-def test_trls_named_accelerate_configs_resolve(name):
+def test_trls_named_accelerate_configs_resolve_and_pass_the_checks(name):
     assert LaunchArguments(accelerate_config=name).accelerate_config.endswith(f"{name}.yaml")
 
 
