@@ -9,6 +9,8 @@ one does.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -95,6 +97,39 @@ def resume_checkpoint(value: str | None, output_dir: str, allow_partial: bool = 
     return checkpoint
 
 
+class DiskFullError(UserError):
+    """A save that ran out of disk space; its partial files are removed and the message names what is kept."""
+
+
+@contextlib.contextmanager
+def _out_of_space_named(folder: Path, what: str, run_dir: Path):
+    """Turns a write into `folder` that ran out of space (`_is_out_of_space`) into one `DiskFullError` naming `what`
+    was not written and the newest complete checkpoint in `run_dir`, the one to resume from once space is freed."""
+    try:
+        yield
+    except Exception as error:
+        if not _is_out_of_space(error):
+            raise
+        last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        kept = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved before it"
+        raise DiskFullError(
+            f"The disk is full: {what} could not be written to {folder} (its partial files are removed); {kept}."
+            " Free space, then run the same command with --resume_from_checkpoint last."
+        ) from error
+
+
+def _is_out_of_space(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it came from, is a write that found no space: ENOSPC or EDQUOT, or torch's stream
+    writer's "file write failed" (the `RuntimeError` `torch.save` raises for it)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, RuntimeError) and "file write failed" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class StagedCheckpoints:
     """Mixin: `save_model` and `_save_checkpoint` through staging folders; `num_tokens` restored on resume."""
 
@@ -116,7 +151,8 @@ class StagedCheckpoints:
         if _internal_call:
             super().save_model(output_dir, _internal_call)
             return
-        with self._staged(Path(output_dir)) as staging:
+        out_of_space = _out_of_space_named(Path(output_dir), "the final model", Path(self.args.output_dir))
+        with out_of_space, self._staged(Path(output_dir)) as staging:
             super().save_model(str(staging))
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -127,7 +163,8 @@ class StagedCheckpoints:
         """
         run_dir = Path(self._get_output_dir(trial))
         checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        with self._staged(checkpoint, publish=False) as staging:
+        out_of_space = _out_of_space_named(run_dir, checkpoint.name, run_dir)
+        with out_of_space, self._staged(checkpoint, publish=False) as staging:
             self._staging_run_dir = str(staging)
             try:
                 super()._save_checkpoint(model, trial)

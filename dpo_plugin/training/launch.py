@@ -105,7 +105,7 @@ def check_accelerate_config(path: Path) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"accelerate_config {path} must be a mapping of accelerate config keys; got {values!r}.")
     hints = typing.get_type_hints(ClusterConfig)
-    counts = {key: value for key, value in values.items() if hints.get(key) in (int, typing.Optional[int])}
+    counts = {key: value for key, value in values.items() if hints.get(key) in (int, int | None)}
     check_fields(counts, ClusterConfig, f"accelerate_config {path}")
 
 

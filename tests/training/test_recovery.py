@@ -1,6 +1,7 @@
 """Interrupt and resume: a signalled run saves a complete checkpoint and stops; resuming it gives the uninterrupted
 run's losses, metrics and weights; a crash while saving leaves the previous checkpoints intact and no partial files."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -117,15 +118,84 @@ def test_crash_while_saving_leaves_earlier_checkpoints_and_no_partial_folder(tmp
     trainer = tiny_trainer(tmp_path / "run")
     save_rng_state = trainer._save_rng_state
 
-    def disk_full(output_dir):
+    def crash(output_dir):
         if output_dir.endswith("checkpoint-4"):
-            raise OSError("No space left on device")
+            raise OSError("Input/output error")
         save_rng_state(output_dir)
 
-    monkeypatch.setattr(trainer, "_save_rng_state", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(trainer, "_save_rng_state", crash)
+    with pytest.raises(OSError, match="Input/output error"):
         trainer.train()
     assert_only_complete_checkpoints(tmp_path / "run", [2])
+
+
+# What a full disk raises: an OSError with ENOSPC (safetensors, json), or torch's stream writer's RuntimeError
+DISK_FULL = {
+    "ENOSPC": OSError(errno.ENOSPC, "No space left on device"),
+    "torch.save": RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 0 vs 64: file write failed"),
+}
+
+
+@pytest.mark.parametrize("raised", DISK_FULL.values(), ids=DISK_FULL.keys())
+def test_a_full_disk_while_checkpointing_is_one_line_naming_the_last_complete_checkpoint(tmp_path, capsys, raised):
+    data = write_splits(tmp_path / "data", make_pairs(16), make_pairs(4))
+    run = tmp_path / "run"
+    save = torch.save
+
+    def full_at_step_4(obj, path, *args, **kwargs):  # a disk that fills up during the second checkpoint
+        if "checkpoint-4" in str(path):
+            raise raised
+        return save(obj, path, *args, **kwargs)
+
+    torch.save = full_at_step_4
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(
+                tiny_run(
+                    save_checkpoint(tmp_path / "tiny"),
+                    data,
+                    run,
+                    "--max_steps",
+                    "6",
+                    "--save_steps",
+                    "2",
+                    "--save_strategy",
+                    "steps",
+                )
+            )
+    finally:
+        torch.save = save
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2
+    assert error == (
+        f"dpo-plugin train: error: The disk is full: checkpoint-4 could not be written to {run} (its partial files "
+        f"are removed); the last complete checkpoint is {run / 'checkpoint-2'}. Free space, then run the same "
+        "command with --resume_from_checkpoint last."
+    )
+    assert_only_complete_checkpoints(run, [2])
+    assert not (run / "model.safetensors").exists() and not (run / "metrics.json").exists()
+
+
+def test_a_full_disk_while_saving_the_final_model_is_one_line_and_leaves_no_model(tmp_path, capsys, monkeypatch):
+    import transformers.modeling_utils
+
+    data = write_splits(tmp_path / "data", make_pairs(16), make_pairs(4))
+    run = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    checkpoint = save_checkpoint(tmp_path / "tiny")
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    with pytest.raises(SystemExit) as exited:
+        main(tiny_run(checkpoint, data, run, "--max_steps", "2"))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and error.startswith(
+        f"dpo-plugin train: error: The disk is full: the final model could not be written to {run} (its partial "
+        "files are removed); no checkpoint was saved before it."
+    )
+    assert not (run / "model.safetensors").exists() and not (run / "metrics.json").exists()
+    assert not list(run.parent.glob(".staging-*"))
 
 
 def test_no_handlers_are_installed_when_save_on_interrupt_is_off(tmp_path):
