@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..training.interruption import StopSignals
+from ..training.interruption import Interrupted, StopSignals
 from ..training.launch import LAUNCHED_ENV, launch_training
 from ..training.recipe import parse_recipe
 from ..utils.errors import ConfigError, UserError
@@ -44,7 +44,14 @@ def _train(argv, data_args, training_args, model_args) -> dict:
     from ..utils.atomic import write_json
     from ..utils.plots import plot_training_curves
 
-    trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+    try:
+        trainer, train_pairs, heldout_pairs = build_trainer(data_args, training_args, model_args)
+    except Interrupted as stopped:  # e.g. during the mixed reference's calibration
+        print(
+            f"Stopped by {signal.Signals(stopped.signal_number).name} during {stopped.what}, before training: "
+            f"nothing was trained or written to {training_args.output_dir}."
+        )
+        sys.exit(128 + stopped.signal_number)
     heldout, evaluator = None, None
     if data_args.heldout_eval_pairs > 0 and trainer.accelerator.is_main_process:
         heldout = as_text(first_rows(heldout_pairs, data_args.heldout_eval_pairs), trainer.processing_class)

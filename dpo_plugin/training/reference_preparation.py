@@ -21,6 +21,7 @@ from ..objectives.reader import Context, model_inputs
 from ..trl_private import get_config_model_id
 from ..utils.errors import ConfigError
 from ..utils.modes import in_eval_mode
+from .interruption import Interrupted, StopSignals
 from .mixed_reference import (
     NF4,
     Batches,
@@ -112,17 +113,20 @@ def prepare_reference(
     calibration_batches: int,
     gap_batches: int,
     progress: bool = True,
+    stop: StopSignals | None = None,
 ) -> PreparedReference:
     """Prepare a reference loaded from a checkpoint (`Reference.kind == "checkpoint"`) for training.
 
     A mixed reference with no plan yet is planned on the last `calibration_batches` training batches and quantized in
     place (`_plan_mixed_reference`); a quantized one then has its gap to full precision measured on the first
     `gap_batches` (0: not measured) and logged once. `reference_context` is what every reference pass runs inside,
-    `autocast` the policy's precision, `policy` the (unwrapped) policy as it starts.
+    `autocast` the policy's precision, `policy` the (unwrapped) policy as it starts. Once `stop` has received
+    SIGTERM/SIGINT, the calibration stops at its next layer (`Interrupted`).
     """
     quantization = reference.quantization
     if quantization.mode == MIXED and quantization.plan is None:
-        plan = _plan_mixed_reference(reference, batches.last(calibration_batches), reference_context, progress)
+        calibration = batches.last(calibration_batches)
+        plan = _plan_mixed_reference(reference, calibration, reference_context, progress, stop)
         reference = dataclasses.replace(reference, quantization=dataclasses.replace(quantization, plan=plan))
     model = extract_model_from_parallel(reference.model)
     report = {
@@ -158,10 +162,13 @@ def prepare_reference(
     return PreparedReference(reference, report, logged)
 
 
-def _plan_mixed_reference(reference: Reference, batches: Batches, reference_context: Context, progress: bool):
+def _plan_mixed_reference(
+    reference: Reference, batches: Batches, reference_context: Context, progress: bool, stop: StopSignals | None
+):
     """Measure each linear layer's sensitivity on `batches` (or read it from the cache, for the same weights and
     batches), plan NF4 / int8 / full precision within the budget (`mixed_reference.py`; under bf16 autocast with
-    the embeddings and LM head in bfloat16), and quantize the (full-precision) reference to the plan in place."""
+    the embeddings and LM head in bfloat16), and quantize the (full-precision) reference to the plan in place;
+    `Interrupted` before the next layer once `stop` has received a signal (nothing is cached or quantized)."""
     quantization = reference.quantization
     model = extract_model_from_parallel(reference.model)
     layers, full_bytes = quantizable_layers(model), model_bytes(model)
@@ -174,7 +181,14 @@ def _plan_mixed_reference(reference: Reference, batches: Batches, reference_cont
     check_budget(layers, full_bytes, quantization.bytes_budget, saved)
     dtype = quantization.torch_compute_dtype
     bar = partial(tqdm, desc="Reference layers' sensitivity", disable=not progress, leave=False)
-    sensitivity = cached_sensitivities(model, reference_context, batches, dtype, bar)
+
+    def layers_until_stopped(layers):
+        for layer in bar(layers):
+            if stop is not None and stop.received is not None:
+                raise Interrupted(stop.received, "the mixed reference's calibration")
+            yield layer
+
+    sensitivity = cached_sensitivities(model, reference_context, batches, dtype, layers_until_stopped)
     plan = plan_precisions(layers, sensitivity, full_bytes, quantization.bytes_budget, saved)
     quantize_to_plan(model, plan, dtype)
     most = sorted(layers, key=lambda name: sensitivity[name][NF4], reverse=True)[:3]

@@ -31,7 +31,7 @@ from ..utils.errors import ConfigError, NonFiniteTrainingError
 from .checkpoints import StagedCheckpoints, checkpoint_run, resume_checkpoint
 from .config import PreferenceConfig, as_preference_config
 from .guards import DivergenceGuard, drop_gradients, gradients_are_finite, nonfinite_step_message
-from .interruption import CheckpointOnInterrupt
+from .interruption import CheckpointOnInterrupt, Interrupted, StopSignals
 from .reference import ADAPTERS_OFF, CHECKPOINT, INITIAL_POLICY, Reference, choose_reference, save_mixed_plan
 from .reference_preparation import (
     TrainingBatches,
@@ -235,17 +235,24 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         self.truncated_pairs = report_truncated_pairs(self.train_dataset, args.max_length, args.truncation_mode)
         self.reference_report = None
         if self.reference is not None and self.reference.kind == CHECKPOINT:
-            self.reference, self.reference_report, logged = prepare_reference(
-                self.reference,
-                TrainingBatches(self.train_dataset, self.data_collator, args.per_device_train_batch_size, args.device),
-                policy=self.accelerator.unwrap_model(self.model),
-                tokenizer=self.processing_class,
-                autocast=self.accelerator.autocast,
-                reference_context=self.reference_context,
-                calibration_batches=args.ref_calibration_batches,
-                gap_batches=args.ref_gap_batches,
-                progress=not args.disable_tqdm,
-            )
+            with StopSignals() as stop:  # the mixed reference's calibration stops at its next layer
+                prepared = prepare_reference(
+                    self.reference,
+                    TrainingBatches(
+                        self.train_dataset, self.data_collator, args.per_device_train_batch_size, args.device
+                    ),
+                    policy=self.accelerator.unwrap_model(self.model),
+                    tokenizer=self.processing_class,
+                    autocast=self.accelerator.autocast,
+                    reference_context=self.reference_context,
+                    calibration_batches=args.ref_calibration_batches,
+                    gap_batches=args.ref_gap_batches,
+                    progress=not args.disable_tqdm,
+                    stop=stop,
+                )
+            if stop.received is not None:
+                raise Interrupted(stop.received, "the reference's preparation")
+            self.reference, self.reference_report, logged = prepared
             for key, value in logged.items():
                 self._metrics["train"][key] = [value]  # folded into the first training log entry
         self.interruption = CheckpointOnInterrupt(self.accelerator)

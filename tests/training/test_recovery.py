@@ -349,3 +349,32 @@ def test_sigterm_during_held_out_scoring_writes_no_final_outputs_and_says_so(tmp
     assert child.returncode == 128 + signal.SIGTERM, text[-2000:]
     assert "Stopped by SIGTERM after training, during held-out scoring: no final model or metrics" in text
     assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+
+
+def test_sigterm_during_the_mixed_references_calibration_stops_before_training_and_says_so(
+    tmp_path, capsys, monkeypatch, checkpoint
+):
+    """The signal arrives while the second layer's sensitivity is measured: the calibration stops there, nothing is
+    cached, trained or written, and the run exits 143 saying so."""
+    from dpo_plugin.training import mixed_reference, reference_preparation
+
+    def signalled_at_the_second_layer(layers, **kwargs):
+        for index, layer in enumerate(layers):
+            if index == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield layer
+
+    monkeypatch.setattr(mixed_reference, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(reference_preparation, "tqdm", signalled_at_the_second_layer)
+    data = write_splits(tmp_path / "data", make_pairs(16), make_pairs(4))
+    run = tmp_path / "run"
+    argv = tiny_run(checkpoint, data, run, "--ref_quantization", "mixed")
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--ref_bytes_budget", "0.5"])
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"Stopped by SIGTERM during the mixed reference's calibration, before training: nothing was trained or "
+        f"written to {run}."
+    )
+    assert not (tmp_path / "cache").exists()  # no sensitivities measured half-way were kept
+    assert not run.exists() or not [path for path in run.iterdir() if not path.name.startswith(".")]
