@@ -84,24 +84,14 @@ def plot_training(grid: SweepGrid, groups: dict, y: str):
     """y of each arm's probes against its training step (its own unit: optimizer steps, PPO updates or rounds), a
     line per setting through the mean over seeds, the band from the lowest to the highest seed."""
     arms = [arm for arm in grid.arms if any(group[0] == arm for group in groups)]
-    columns = min(3, len(arms))
-    rows = -(-len(arms) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False, constrained_layout=True)
-    for axis, arm in zip(axes.flat, arms, strict=False):
+    figure, axes = _panels(len(arms), columns=3, width=4.0)
+    for axis, arm in zip(axes, arms, strict=True):
         settings = [(setting, records) for (name, setting), records in groups.items() if name == arm]
         for index, (setting, records) in enumerate(settings):
             by_step = probes_by_step(records, (y,))
-            steps, values = list(by_step), [[point[y] for point in points] for points in by_step.values()]
-            label = f"{setting} ({len(records)} seeds)"
-            axis.plot(steps, [mean(v) for v in values], color=f"C{index}", marker=".", label=label)
-            axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=f"C{index}", alpha=0.15)
-        axis.set_title(arm, fontsize=10)
-        axis.set_xlabel("step")
-        axis.set_ylabel(y)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(arms) :]:
-        axis.set_visible(False)
+            table = [[point[y] for point in points] for points in by_step.values()]
+            _mean_and_band(axis, list(by_step), table, index, f"{setting} ({len(records)} seeds)")
+        _label(axis, arm, y)
     figure.suptitle(f"{grid.name}: {y} during training (mean over seeds; band: lowest to highest seed)", fontsize=10)
     return figure
 
@@ -110,32 +100,46 @@ def plot_curve_claims(grid: SweepGrid, claims: list[dict], groups: dict):
     """For each curve claim, a panel per setting both arms ran: the curve of each arm against training step, the
     mean over seeds with the band from the lowest to the highest seed."""
     panels = [(claim, row["setting"]) for claim in claims for row in claim["settings"]]
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False, constrained_layout=True
-    )
-    for axis, (claim, setting) in zip(axes.flat, panels, strict=False):
+    figure, axes = _panels(len(panels), columns=4, width=3.6)
+    for axis, (claim, setting) in zip(axes, panels, strict=True):
         for index, role in enumerate(("baseline", "arm")):
             series = [record["details"]["curves"].get(claim["curve"], []) for record in groups[(claim[role], setting)]]
             series = [values for values in series if values]
-            if not series:
-                continue
-            steps = [step for step, _ in min(series, key=len)]
-            table = [[values[i][1] for values in series] for i in range(len(steps))]
-            label = f"{claim[role]} ({len(series)} seeds)"
-            axis.plot(steps, [mean(values) for values in table], color=f"C{index}", label=label)
-            lows, highs = [min(values) for values in table], [max(values) for values in table]
-            axis.fill_between(steps, lows, highs, color=f"C{index}", alpha=0.15)
-        axis.set_title(f"{claim['claim']}\n{setting}", fontsize=8)
-        axis.set_xlabel("step")
-        axis.set_ylabel(claim["curve"])
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(panels) :]:
-        axis.set_visible(False)
+            if series:
+                steps = [step for step, _ in min(series, key=len)]
+                table = [[values[i][1] for values in series] for i in range(len(steps))]
+                _mean_and_band(axis, steps, table, index, f"{claim[role]} ({len(series)} seeds)")
+        _label(axis, f"{claim['claim']}\n{setting}", claim["curve"])
     figure.suptitle(f"{grid.name}: mean over seeds, band from lowest to highest seed", fontsize=9)
     return figure
+
+
+def _panels(count: int, columns: int, width: float):
+    """A figure of `count` panels, `columns` to a row (fewer when fewer panels), and the panels in use."""
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    size = (max(5.0, width * columns), 3.2 * rows)
+    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, constrained_layout=True)
+    for axis in list(axes.flat)[count:]:
+        axis.set_visible(False)
+    return figure, list(axes.flat)[:count]
+
+
+def _mean_and_band(axis, steps: list, table: list[list[float]], index: int, label: str) -> None:
+    """A line through each step's mean over the seeds (`table`: a row of seed values per step), with a band from
+    the lowest seed's value to the highest's."""
+    colour = f"C{index}"
+    axis.plot(steps, [mean(values) for values in table], color=colour, marker=".", label=label)
+    lows, highs = [min(values) for values in table], [max(values) for values in table]
+    axis.fill_between(steps, lows, highs, color=colour, alpha=0.15)
+
+
+def _label(axis, title: str, ylabel: str) -> None:
+    axis.set_title(title, fontsize=8)
+    axis.set_xlabel("step")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
 
 
 def save_figure(figure, path: Path) -> None:
