@@ -34,6 +34,7 @@ from .setup import ComparisonSetup
 
 # metric name -> the held-out reward component it reads; the reward model's only where a cell asks for it
 METRICS = {"gold": "gold_sentiment", "rm_score": "reward_model"}
+PROBE_NAMES = {reward + suffix: name + suffix for name, reward in METRICS.items() for suffix in ("", "_se")}
 # CompareConfig keys that say which runs `compare` trains: a cell is one run, named by method, strength and seed
 PLAN_KEYS = ("output_dir", "seeds", "objectives", "online", "ppo", "beta_sweep", "kl_coef_sweep", "beta", "kl_coef")
 PLAN_KEYS += ("claims", "claim_pairs", "claim_epochs")
@@ -81,7 +82,7 @@ class ComparisonCells:
         settings = {"method": method, "strength": strength, "seed": seed, "eval_rewards": list(eval_rewards)}
         settings["compare"] = {key: value for key, value in vars(config).items() if key not in PLAN_KEYS}
         settings["recipe"] = yaml.safe_load(Path(recipe).read_text()) | recipe_overrides
-        if uses_reward_model(method) or "reward_model" in eval_rewards:
+        if uses_reward_model(method, eval_rewards):
             settings["reward_model_recipe"] = yaml.safe_load(Path(config.reward_model_recipe).read_text())
         return settings
 
@@ -95,7 +96,7 @@ class ComparisonCells:
         setup = self.setup
         start = setup.evaluator.samples(setup.reference, config.eval_prompts)
         details = {}
-        if uses_reward_model(method) or "reward_model" in eval_rewards:
+        if uses_reward_model(method, eval_rewards):
             details |= {"reward_model_accuracy": setup.reward_model["accuracy"]}
             details |= {"reward_model_train_seconds": setup.reward_model["train_seconds"]}
         setup_seconds = time.perf_counter() - started
@@ -126,12 +127,12 @@ class ComparisonCells:
 
 def _metric_names(probe: dict) -> dict:
     """A held-out probe with its reward components (and their `_se`) under the cell's metric names."""
-    names = {reward + suffix: name + suffix for name, reward in METRICS.items() for suffix in ("", "_se")}
-    return {names.get(key, key): value for key, value in probe.items()}
+    return {PROBE_NAMES.get(key, key): value for key, value in probe.items()}
 
 
-def uses_reward_model(method: str) -> bool:
-    return method == "ppo" or method.endswith("/reward_model")
+def uses_reward_model(method: str, eval_rewards: tuple[str, ...]) -> bool:
+    """Whether a cell needs the reward model: it ranks by it, trains PPO against it or is scored by it."""
+    return method == "ppo" or method.endswith("/reward_model") or "reward_model" in eval_rewards
 
 
 def as_flags(values: dict) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ same way, with one verdict per claim; with `curve_claims`, a training-log curve'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
@@ -49,9 +50,8 @@ def build_report(grid: SweepGrid, cells: list[Cell], records: dict[str, dict], s
     curve_claims = [curve_claim(claim, groups) for claim in grid.report.get("curve_claims", [])]
     missing = [cell for cell in cells if cell.id not in records]
     failed = [record for records_of in failures.values() for record in records_of]
-    markdown = _markdown(
-        grid, cells, rows, verdicts, claims + curve_claims, missing, stale, failed, command, START in replicated
-    )
+    findings = Findings(rows, verdicts, claims, curve_claims, failed)
+    markdown = _markdown(grid, cells, findings, missing, stale, command, START in replicated)
     folder = grid.ledger_dir
     paths = [folder / "report.md", folder / "report.json"]
     atomic_file(paths[0], lambda temporary: Path(temporary).write_text(markdown))
@@ -132,16 +132,28 @@ def claim_verdict(rows: list[dict]) -> str:
     """One verdict from a claim's settings: "holds" where some hold and none does not, "does not hold" where some
     do not and none holds, "mixed" where both, "not resolved" where none is resolved (or none is finished)."""
     held = sum(row["verdict"] == "holds" for row in rows)
-    failed = sum(row["verdict"] == "does not hold" for row in rows)
-    if held and failed:
-        return f"mixed: holds at {held}, does not hold at {failed} of {len(rows)} settings"
-    if held or failed:
-        verdict, rest = "holds" if held else "does not hold", len(rows) - held - failed
-        return f"{verdict} at {held or failed} of {len(rows)} settings" + (f" ({rest} not resolved)" if rest else "")
+    refuted = sum(row["verdict"] == "does not hold" for row in rows)
+    if held and refuted:
+        return f"mixed: holds at {held}, does not hold at {refuted} of {len(rows)} settings"
+    if held or refuted:
+        verdict, rest = "holds" if held else "does not hold", len(rows) - held - refuted
+        return f"{verdict} at {held or refuted} of {len(rows)} settings" + (f" ({rest} not resolved)" if rest else "")
     return "not resolved" + (f" at any of {len(rows)} settings" if rows else ": no finished cells to compare")
 
 
-def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, command, has_start) -> str:
+@dataclass
+class Findings:
+    """What the report says of the finished cells: a row per setting, the comparisons, the failed runs."""
+
+    rows: list[dict]
+    verdicts: list[dict]
+    claims: list[dict]
+    curve_claims: list[dict]
+    failed: list[dict]
+
+
+def _markdown(grid, cells, findings: Findings, missing, stale, command, has_start) -> str:
+    rows, verdicts, claims, curve_claims = findings.rows, findings.verdicts, findings.claims, findings.curve_claims
     finished = len(cells) - len(missing)
     lines = [
         f"# {grid.name}",
@@ -172,7 +184,6 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, comma
         "where they lie far apart and the true curve bends up (concave), the line runs below it, so a verdict read "
         "in such a gap favours the row; the interval does not cover that."
     )
-    claims, curve_claims = [c for c in claims if "curve" not in c], [c for c in claims if "curve" in c]
     if claims:
         lines += ["", f"## Claims, at the same {x}", "", reading, "", "| claim | verdict |", "|---|---|"]
         lines += [
@@ -190,9 +201,9 @@ def _markdown(grid, cells, rows, verdicts, claims, missing, stale, failed, comma
         baseline = grid.report["baseline"]
         lines += ["", f"## Against {baseline} at the same {x}", "", reading, ""]
         lines += _verdict_table(verdicts, x, y, baseline)
-    if failed:
+    if findings.failed:
         lines += ["", "## Failed runs", ""]
-        lines += [f"- {record['cell']}: {record['failed']}" for record in failed]
+        lines += [f"- {record['cell']}: {record['failed']}" for record in findings.failed]
     if missing or stale:
         lines += ["", "## Not finished", ""]
         lines += [f"- {cell.id}: {'stale (its settings changed)' if cell in stale else 'missing'}" for cell in missing]
