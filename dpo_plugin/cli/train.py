@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..training.interruption import Interrupted, StopSignals
-from ..training.launch import LAUNCHED_ENV, launch_training
+from ..training.launch import LAUNCHED_ENV, launch_training, process_group_ended
 from ..training.recipe import parse_recipe
 from ..utils.errors import ConfigError, UserError
 
@@ -33,7 +33,8 @@ def train(argv: list[str]) -> dict | None:
             mixed_precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
             launch_training(argv, launch_args, mixed_precision)
             return None
-        return _train(argv, data_args, training_args, model_args)
+        with process_group_ended():
+            return _train(argv, data_args, training_args, model_args)
 
 
 def _train(argv, data_args, training_args, model_args) -> dict:

@@ -5,6 +5,7 @@
 Running under `accelerate launch` (or `torchrun`) directly works too; then these keys are ignored.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -137,6 +138,26 @@ def is_launcher_option(key: str) -> bool:
     from accelerate.commands.launch import launch_command_parser
 
     return f"--{key}" in launch_command_parser()._option_string_actions
+
+
+@contextlib.contextmanager
+def process_group_ended():
+    """A launched process ends its process group itself: on the way out, every process waits for the others when the
+    block finished normally, then `destroy_process_group` runs (on any exit). A gloo group left to interpreter
+    shutdown can abort the process (SIGABRT, seen now and then on a run that had finished its work): its worker
+    threads still hold tensors whose release needs the GIL while the interpreter is being torn down. No-op when no
+    group was started (one process)."""
+    import torch.distributed as dist
+
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            if finished:
+                dist.barrier()
+            dist.destroy_process_group()
 
 
 def launch_training(argv: list[str], launch: LaunchArguments, mixed_precision: str) -> None:

@@ -1,14 +1,23 @@
 """Multi-process training: two CPU processes on gloo (DDP, FSDP) log the per-step losses and metrics of one process with
 the same global batch; the shipped accelerate configs load; bad launch keys are refused."""
 
+import contextlib
 import signal
+import sys
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from helpers import assert_only_complete_checkpoints, logged_steps, make_pairs, save_checkpoint, tiny_run, write_splits
 
 from dpo_plugin.cli import main
-from dpo_plugin.training.launch import ACCELERATE_CONFIG_DIR, RELAYED_SIGNALS, LaunchArguments, launch_arguments
+from dpo_plugin.training.launch import (
+    ACCELERATE_CONFIG_DIR,
+    RELAYED_SIGNALS,
+    LaunchArguments,
+    launch_arguments,
+    process_group_ended,
+)
 
 COMPARED_METRICS = ("loss", "grad_norm", "rewards/margins", "rewards/accuracies", "logps/rejected", "num_tokens")
 
@@ -64,6 +73,21 @@ def test_deepspeed_zero_on_two_cpu_processes_matches_one_process(tmp_path, loss_
     resumed = [*two, "--max_steps", "5", "--resume_from_checkpoint", "last"]  # the optimizer is in global_step4/
     main(tiny_run(checkpoint, data, tmp_path / stage, *resumed))
     assert logged_steps(tmp_path / stage)[-1]["step"] == 5
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_launched_process_ends_its_process_group_on_any_exit(tmp_path, failing):
+    """The group is destroyed before interpreter shutdown (where gloo's threads can abort the process), after a
+    barrier when the block finished, without one when it failed (the other processes may be gone)."""
+    torch_distributed = pytest.importorskip("torch.distributed")
+    torch_distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    with contextlib.suppress(SystemExit), process_group_ended():
+        torch_distributed.all_reduce(torch.ones(2))
+        if failing:
+            sys.exit(143)
+    assert not torch_distributed.is_initialized()
+    with process_group_ended():  # no group: nothing to do
+        pass
 
 
 @pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIG_DIR.glob("*.yaml")), ids=lambda path: path.stem)
