@@ -44,7 +44,7 @@ USAGE = """usage: dpo-plugin {train,online,eval,ppo,compare,sweep,bench,assets} 
   dpo-plugin compare --config recipes/compare_dpo_ppo.yaml   the DPO paper's comparison, end to end
   dpo-plugin sweep --config recipes/experiments/online_vs_offline.yaml [--max_minutes M] [--report]
                                                          a grid of cells, each kept as it finishes
-  dpo-plugin bench {speed,memory,heads} --config recipes/quickstart.yaml   measured against TRL's DPOTrainer
+  dpo-plugin bench {speed,memory,heads,kernels} --config recipes/quickstart.yaml   against TRL's DPOTrainer
   dpo-plugin bench sampling --config recipes/online_dpo.yaml   the on-policy sampler against today's
   dpo-plugin bench online --config recipes/online_sentiment.yaml   on-policy rounds against TRL's OnlineDPOTrainer
   dpo-plugin assets                                      fetch the offline model and data into the cache

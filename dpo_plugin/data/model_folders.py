@@ -1,10 +1,12 @@
 """Model folders checked before anything loads them: a local path that does not exist, a folder with a config but
-no weights, and weight files cut short are `UserError`s naming the file, not a hub client's or a parser's message."""
+no weights, weight files cut short or malformed, and pickled weights that `torch.load(weights_only=True)` refuses are
+`UserError`s naming the file, not a hub client's, a parser's or an unpickler's message."""
 
 from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 from ..utils.errors import UserError
@@ -64,6 +66,12 @@ def check_model_folder(folder: Path, key: str = "model_name_or_path") -> None:
             raise UserError(f"{key}: {file} is missing; {weights.name} lists it as a shard of the weights.")
         if file.suffix == ".safetensors" and (problem := _truncation(file)):
             raise UserError(f"{key}: {problem}; copy or save the weights again.")
+        if file.suffix == ".bin" and (refused := _refused_pickle(file)):
+            raise UserError(
+                f"{key}: torch.load(weights_only=True), as from_pretrained loads it, refuses {file} ({refused}): it "
+                "is not a plain file of tensors, and loading it otherwise could run code. Save the model again from "
+                "a trusted copy (save_pretrained writes safetensors), or give another model."
+            )
     if names is WEIGHT_FILES and all(file.suffix == ".safetensors" for file in files):
         _check_shapes(folder, files, key)
 
@@ -117,9 +125,28 @@ def _truncation(file: Path) -> str | None:
             return f"{file} is truncated: {size} bytes, too few for its own header"
         try:
             header = json.loads(handle.read(length))
-        except ValueError:
-            return f"{file} is not a safetensors file: its header is not JSON"
-    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+            entries = [entry for name, entry in header.items() if name != "__metadata__"]
+            end = max((int(entry["data_offsets"][1]) for entry in entries), default=0)
+        except (ValueError, AttributeError, KeyError, TypeError, IndexError):
+            return f"{file} is not a safetensors file: its header is not a JSON mapping of tensors with data_offsets"
     if 8 + length + end > size:
         return f"{file} is truncated: {size:,} bytes of the {8 + length + end:,} its header describes"
+    return None
+
+
+def _refused_pickle(file: Path) -> str | None:
+    """Why `torch.load(weights_only=True)`, as `from_pretrained` loads a `.bin`, refuses `file` (a global it does not
+    allow, or bytes that are no pickle), or None. Read onto the meta device (memory-mapped for torch's zip format):
+    no tensor data is read."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(file, map_location="meta", weights_only=True, mmap=zipfile.is_zipfile(file))
+    except pickle.UnpicklingError as error:  # the reason, without torch's advice around it
+        text, marker = str(error), "WeightsUnpickler error:"
+        reason = text.rpartition(marker)[2] if marker in text else text.partition("\n")[2]
+        lines = [line.strip() for line in reason.splitlines() if line.strip() and "documentation" not in line]
+        return lines[0].split(". ")[0].rstrip(".") if lines else "not a weights-only pickle"
     return None

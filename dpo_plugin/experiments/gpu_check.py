@@ -65,6 +65,7 @@ SPEED_DRY = (*TRAIN_DRY, "--bench_steps", "1", "--bench_warmup", "0", "--bench_r
 MEMORY_DRY = (*TRAIN_DRY, "--bench_steps", "1", "--bench_objectives", "dpo")
 SAMPLING_DRY = ("--bench_prompts", "2", "--bench_rounds", "1", "--max_new_tokens", "4", "--bf16", "false")
 SAMPLING_DRY += ("--samples_per_prompt", "2", "--sampling_batch_size", "2", "--bench_baseline_batch", "2")
+KERNELS_DRY = ("--bench_positions", "16", "--bench_rounds", "1", "--bf16", "false")
 
 PHASES = (
     Phase(
@@ -74,6 +75,15 @@ PHASES = (
         ("bench", "speed", "--config", "recipes/quickstart.yaml", "--bench_steps", "8", "--bench_warmup", "2"),
         SMOLLM2,
         SPEED_DRY,
+    ),
+    Phase(
+        "kernels",
+        "the chunked head alone against TRL's chunked kernels (Triton on CUDA), the same log-probs and TDPO KL on the "
+        "same tensors: Gemma-3-270M's 262,144 × 640 head, 512 and 4,096 positions, bf16",
+        ("bench", "kernels", "--config", "recipes/bench/large_vocab.yaml", "--bench_positions", "512", "4096")
+        + ("--bf16", "true"),
+        GEMMA3,
+        KERNELS_DRY,
     ),
     Phase(
         "memory-quickstart",

@@ -1,6 +1,7 @@
-"""One run per output folder: an exclusive lock on the folder for the life of the run.
+"""One run per output folder (or output file): an exclusive lock for the life of the run.
 
-The lock is `fcntl.flock` on `<folder>/.dpo-plugin.lock`, a file that says which process holds it (pid, command,
+The lock is `fcntl.flock` on `<folder>/.dpo-plugin.lock` (`run_folder`) or `<folder>/.<name>.lock` beside an output
+file (`run_file`: a benchmark's JSON), a file that says which process holds it (pid, command,
 start time). The kernel releases a flock when its process ends however it ends (SIGKILL included), so a lock file
 left by a dead process is simply taken over; the file is removed when the run ends.
 """
@@ -36,7 +37,7 @@ def run_folder(folder: str | Path) -> Iterator[Path]:
         yield folder  # a process the holder launched
         return
     folder.mkdir(parents=True, exist_ok=True)
-    lock = _acquire(folder / LOCK_FILE)
+    lock = _acquire(folder / LOCK_FILE, f"{folder} is the output folder", "output_dir")
     held_before = os.environ.get(HELD_BY_PARENT_ENV)
     os.environ[HELD_BY_PARENT_ENV] = f"{os.getpid()}:{folder.resolve()}"
     try:
@@ -57,9 +58,24 @@ def run_folder(folder: str | Path) -> Iterator[Path]:
             _release(lock, folder / LOCK_FILE)
 
 
-def _acquire(path: Path):
-    """The open lock file, locked; `UserError` naming the holder when another process holds it. Retried when the
-    file was replaced between opening and locking (its holder removed it on release)."""
+@contextlib.contextmanager
+def run_file(path: str | Path, option: str) -> Iterator[Path]:
+    """`path` written by this run alone while the block runs (its folder is created): `UserError` naming the holder
+    and `option` (the key that names the file) when another live run writes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    lock = _acquire(lock_path, f"{path} is the output", option)
+    try:
+        yield path
+    finally:
+        _release(lock, lock_path)
+
+
+def _acquire(path: Path, output: str, option: str):
+    """The open lock file, locked; `UserError` naming the holder (and `option`, the key that names the `output`) when
+    another process holds it. Retried when the file was replaced between opening and locking (its holder removed it
+    on release)."""
     while True:
         handle = open(path, "a+")  # noqa: SIM115  (held open for the life of the run)
         try:
@@ -69,8 +85,7 @@ def _acquire(path: Path):
             holder = _holder(handle.read())
             handle.close()
             raise UserError(
-                f"{path.parent} is the output folder of a run in progress ({holder}): wait for it to end, or give "
-                "another output_dir."
+                f"{output} of a run in progress ({holder}): wait for it to end, or give another {option}."
             ) from None
         if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
             break

@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import cli_error, make_model, make_pairs, make_tokenizer, save_checkpoint, tiny_run, write_splits
+from safetensors.torch import load_file
 
 from dpo_plugin.cli import main
 
@@ -27,6 +29,13 @@ def fx(tmp_path_factory) -> Path:
     shutil.copytree(root / "tiny", root / "truncated")
     weights = root / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
+    shutil.copytree(root / "tiny", root / "header-not-mapping")
+    header = b"[1, 2]"
+    (root / "header-not-mapping" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    shutil.copytree(root / "tiny", root / "unsafe-pickle")
+    state = load_file(root / "tiny" / "model.safetensors") | {"payload": RunsCode()}
+    (root / "unsafe-pickle" / "model.safetensors").unlink()
+    torch.save(state, root / "unsafe-pickle" / "pytorch_model.bin")
     (root / "empty.jsonl").write_text("")
     (root / "bad.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n')
     (root / "latin1.jsonl").write_bytes(
@@ -63,6 +72,13 @@ def fx(tmp_path_factory) -> Path:
     return root
 
 
+class RunsCode:
+    """Pickled, it calls a function when unpickled (here a harmless one): what `weights_only` refuses."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
 def train(fx: Path, out: Path, *extra: str, model: str | None = None, data: str | None = None) -> list[str]:
     return tiny_run(model or fx / "tiny", data or fx / "pairs", out, *extra)
 
@@ -80,6 +96,14 @@ CASES = {
         ["no weights", "model.safetensors"],
     ),
     "weights truncated": (lambda fx, out: train(fx, out, model=fx / "truncated"), ["model.safetensors is truncated"]),
+    "weights header not a mapping": (
+        lambda fx, out: train(fx, out, model=fx / "header-not-mapping"),
+        ["model.safetensors is not a safetensors file", "header is not a JSON mapping"],
+    ),
+    "pickle refused by weights_only": (
+        lambda fx, out: train(fx, out, model=fx / "unsafe-pickle"),
+        ["refuses", "pytorch_model.bin", "Unsupported global: GLOBAL print", "could run code"],
+    ),
     "tokenizer past embeddings": (
         lambda fx, out: train(fx, out, model=fx / "small-vocab"),
         ["tokenizer has", "embeddings"],

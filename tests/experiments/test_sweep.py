@@ -3,6 +3,7 @@ SIGTERM), the bootstrap intervals against direct computations, and the report; a
 (`line_cells.py`) for the mechanics, the real comparison cells on a tiny model (slow)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -160,7 +161,7 @@ def test_max_minutes_starts_no_new_cell_and_the_report_marks_the_missing_ones(tm
     assert len(cell_files(tmp_path)) == 8 and len(runs_logged(tmp_path)) == 8  # the finished one was not rerun
 
 
-def test_cells_runs_the_matching_cells_pattern_by_pattern_and_reports_the_whole_grid(tmp_path, capsys):
+def test_cells_runs_the_matching_cells_pattern_by_pattern_and_reports_the_whole_grid(tmp_path, capsys, caplog):
     path = write_grid(tmp_path)
     main(["sweep", "--config", str(path), "--cells", "steeper--*--seed2", "*--strength-1--seed2", "steeper--*"])
     assert runs_logged(tmp_path) == [
@@ -178,6 +179,10 @@ def test_cells_runs_the_matching_cells_pattern_by_pattern_and_reports_the_whole_
     assert stopped.value.code == 2
     assert "--cells 'ppo--*' matches no cell of the grid" in capsys.readouterr().err
     assert len(runs_logged(tmp_path)) == 5  # a pattern that matches nothing stops the sweep before any cell runs
+
+    with caplog.at_level(logging.INFO, logger="dpo_plugin"):
+        main(["sweep", "--config", str(path), "--cells", "baseline--*"])
+    assert "5 of 8 cells finished, 3 to run matching --cells." in caplog.text  # cells left out are not 'finished'
 
 
 def test_sigterm_stops_the_running_cell_keeps_the_finished_ones_and_a_rerun_completes(tmp_path):

@@ -1,6 +1,6 @@
-"""One run per output folder (`utils/run_folder.py`): a second run into a folder in use is one line and exit 2, with
-nothing of the first run touched; a lock left by a process that died (even by SIGKILL) is taken over; the lock file
-goes when the run ends."""
+"""One run per output folder (`utils/run_folder.py`): a second run into a folder in use (or a benchmark writing the
+same JSON) is one line and exit 2, with nothing of the first run touched; a lock left by a process that died (even
+by SIGKILL) is taken over; the lock file goes when the run ends."""
 
 import json
 import os
@@ -13,15 +13,17 @@ from helpers import cli_error, make_pairs, save_checkpoint, tiny_run, write_spli
 
 from dpo_plugin.cli import main
 from dpo_plugin.utils.errors import UserError
-from dpo_plugin.utils.run_folder import LOCK_FILE, run_folder
+from dpo_plugin.utils.run_folder import LOCK_FILE, run_file, run_folder
 
-HOLD = "import sys, time; from dpo_plugin.utils.run_folder import run_folder\nwith run_folder(sys.argv[1]):\n"
+HOLD = "import sys, time; from dpo_plugin.utils.run_folder import run_file, run_folder\nwith {}:\n"
 HOLD += "    print('held', flush=True); time.sleep(120)"
 
 
-def holder(folder):
-    """Another process holding `folder` as a run would, until it is killed."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+def holder(path, lock="run_folder(sys.argv[1])"):
+    """Another process holding `path` as a run would (its output folder, or with `lock` a benchmark's output file),
+    until it is killed."""
+    script = HOLD.format(lock)
+    process = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process
 
@@ -45,6 +47,32 @@ def test_a_second_run_into_a_folder_in_use_is_one_line_and_touches_nothing(comma
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("benchmark", ["speed", "memory", "heads", "sampling", "online"])
+def test_a_benchmark_writing_the_json_another_is_writing_is_one_line_and_touches_nothing(benchmark, tmp_path, capsys):
+    output = tmp_path / "bench" / "result.json"
+    process = holder(output, "run_file(sys.argv[1], 'bench_output')")
+    try:
+        output.write_text("{}")  # what the first benchmark wrote (it writes once, at its end)
+        argv = tiny_run(
+            save_checkpoint(tmp_path / "tiny"), write_splits(tmp_path / "pairs", make_pairs(8), make_pairs(4)), "unused"
+        )[1:]
+        if benchmark in ("sampling", "online"):
+            argv += ["--reward_funcs", "test_online:a_count"]
+        line = cli_error(capsys, ["bench", benchmark, *argv, "--bench_output", str(output)])
+        assert f"{output} is the output of a run in progress (pid {process.pid}, started " in line
+        assert "wait for it to end, or give another bench_output" in line
+        assert output.read_text() == "{}" and sorted(path.name for path in output.parent.iterdir()) == [
+            ".result.json.lock",
+            "result.json",
+        ]
+    finally:
+        process.kill()
+        process.wait()
+    with run_file(output, "bench_output"):  # the killed holder's lock is taken over; the lock file goes at the end
+        pass
+    assert sorted(path.name for path in output.parent.iterdir()) == ["result.json"]
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_and_the_run_leaves_no_lock_file(tmp_path):

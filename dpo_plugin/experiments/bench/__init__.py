@@ -1,9 +1,10 @@
-"""`dpo-plugin bench {memory,heads,speed,sampling,online} --config recipe.yaml [--key value ...]`: measurements any
-user can rerun; `sampling` (`sampling.py`) and `online` (`online.py`) take an online recipe: the on-policy loop's
-sampler against today's and generate, and the loop's rounds against TRL's `OnlineDPOTrainer`.
+"""`dpo-plugin bench {memory,heads,kernels,speed,sampling,online} --config recipe.yaml [--key value ...]`:
+measurements any user can rerun; `sampling` (`sampling.py`) and `online` (`online.py`) take an online recipe: the
+on-policy loop's sampler against today's and generate, and the loop's rounds against TRL's `OnlineDPOTrainer`.
 
 `memory` (`memory.py`): what a quantized reference saves; `heads` (`heads.py`): the objective head's memory and time
-against TRL's; `speed` (`speed.py`): steps per second against TRL's and a raw PyTorch loop. `measuring.py` measures a
+against TRL's; `kernels` (`kernels.py`): the head alone against TRL's chunked kernels, the same work on the same
+tensors; `speed` (`speed.py`): steps per second against TRL's and a raw PyTorch loop. `measuring.py` measures a
 training run's memory for the first two, `trl_contender.py` builds TRL's trainer for the last two, `flops.py` counts a
 step's FLOPs for `speed`.
 """
@@ -11,7 +12,14 @@ step's FLOPs for `speed`.
 import importlib
 
 # name -> the module whose function of the same name runs that benchmark (imported only when it runs)
-BENCHMARKS = {"memory": "memory", "heads": "heads", "speed": "speed", "sampling": "sampling", "online": "online"}
+BENCHMARKS = {
+    "memory": "memory",
+    "heads": "heads",
+    "kernels": "kernels",
+    "speed": "speed",
+    "sampling": "sampling",
+    "online": "online",
+}
 
 
 def bench(argv: list[str]) -> dict:

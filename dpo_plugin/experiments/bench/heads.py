@@ -22,6 +22,7 @@ from ...training.recipe import build_trainer, load_split, parse_recipe
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import library_progress_bars_off, quiet_library_warnings
+from ...utils.run_folder import run_file
 from ...utils.validation import check, integer_at_least, some_of
 from .measuring import MB, measure_training
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
@@ -49,7 +50,8 @@ class HeadsBenchArguments:
 def heads(argv: list[str]) -> dict:
     """Compare the heads on the recipe `argv` describes (`versus_trl`)."""
     *_, bench_args = parse_recipe(argv, extra=(HeadsBenchArguments,), prog="dpo-plugin bench heads")
-    return versus_trl(argv, bench_args)
+    with run_file(bench_args.bench_output, "bench_output"):  # held by this benchmark alone while it runs
+        return versus_trl(argv, bench_args)
 
 
 def versus_trl(argv: list[str], bench_args: HeadsBenchArguments) -> dict:

@@ -20,6 +20,7 @@ from ...training.reference import MIXED, REF_PRECISIONS
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import library_progress_bars_off, quiet_library_warnings
+from ...utils.run_folder import run_file
 from ...utils.validation import check, each, some_of
 from .heads import HeadsBenchArguments, versus_trl
 from .measuring import MB, measure_training
@@ -63,10 +64,14 @@ class MemoryBenchArguments(HeadsBenchArguments):
 
 
 def memory(argv: list[str]) -> dict:
-    """Train the recipe briefly once per reference quantization and compare memory; print a table, write JSON."""
+    """Train the recipe briefly once per reference quantization and compare memory; print a table, write JSON
+    (`bench_output`, held by this benchmark alone while it runs)."""
     *_, bench_args = parse_recipe(argv, extra=(MemoryBenchArguments,), prog="dpo-plugin bench memory")
-    if bench_args.bench_versus_trl:
-        return versus_trl(argv, bench_args)
+    with run_file(bench_args.bench_output, "bench_output"):
+        return (versus_trl if bench_args.bench_versus_trl else _per_reference)(argv, bench_args)
+
+
+def _per_reference(argv: list[str], bench_args: MemoryBenchArguments) -> dict:
     spawn = multiprocessing.get_context("spawn")
     plan = [
         (mode, budget)

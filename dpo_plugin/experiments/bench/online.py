@@ -36,6 +36,7 @@ from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.errors import ConfigError
 from ...utils.quiet import library_progress_bars_off
+from ...utils.run_folder import run_file
 from ...utils.validation import check, each, integer_at_least
 from .measuring import PeakRSS, release_freed_memory, settled_rss_bytes
 
@@ -57,10 +58,16 @@ class OnlineBenchArguments:
 
 
 def online(argv: list[str]) -> dict:
-    """Train each contender, measure it, print the table and write the JSON."""
-    script_args, config, model_args, bench_args = parse_online_recipe(
+    """Train each contender, measure it, print the table and write the JSON (`bench_output`, held by this benchmark
+    alone while it runs)."""
+    recipe = parse_online_recipe(
         [*argv, "--epochs_per_round", "1", "--eval_prompts", "0"], "dpo-plugin bench online", (OnlineBenchArguments,)
     )
+    with run_file(recipe[-1].bench_output, "bench_output"):
+        return _measure_contenders(argv, *recipe)
+
+
+def _measure_contenders(argv, script_args, config, model_args, bench_args: OnlineBenchArguments) -> dict:
     if config.prompts_per_round % config.per_device_train_batch_size:
         raise ConfigError("prompts_per_round must be a multiple of per_device_train_batch_size (TRL's prompts a step).")
     library_progress_bars_off()

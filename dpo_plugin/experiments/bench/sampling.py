@@ -33,6 +33,7 @@ from ...training.recipe import load_policy
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import library_progress_bars_off
+from ...utils.run_folder import run_file
 from ...utils.validation import check, integer_at_least
 from .flops import dense_matmul_rate
 
@@ -57,10 +58,14 @@ class SamplingBenchArguments:
 
 
 def sampling(argv: list[str]) -> dict:
-    """Time the contenders in alternating turns; print a table and write JSON."""
-    script_args, config, model_args, bench_args = parse_online_recipe(
-        argv, "dpo-plugin bench sampling", extra=(SamplingBenchArguments,)
-    )
+    """Time the contenders in alternating turns; print a table and write JSON (`bench_output`, held by this
+    benchmark alone while it runs)."""
+    recipe = parse_online_recipe(argv, "dpo-plugin bench sampling", extra=(SamplingBenchArguments,))
+    with run_file(recipe[-1].bench_output, "bench_output"):
+        return _time_samplers(argv, *recipe)
+
+
+def _time_samplers(argv, script_args, config, model_args, bench_args: SamplingBenchArguments) -> dict:
     library_progress_bars_off()
     model, tokenizer = load_policy(model_args, config.device)
     model = model.to(config.device).eval()

@@ -29,6 +29,7 @@ from ...training.reference import Reference, choose_reference
 from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.quiet import library_progress_bars_off
+from ...utils.run_folder import run_file
 from ...utils.validation import check, integer_at_least, some_of
 from .flops import dense_matmul_rate, model_flops_per_step
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
@@ -139,8 +140,14 @@ class RawBound:
 
 
 def speed(argv: list[str]) -> dict:
-    """Time TRL, the plugin and the raw bound in alternating turns; print a table and write JSON."""
+    """Time TRL, the plugin and the raw bound in alternating turns; print a table and write JSON (`bench_output`,
+    held by this benchmark alone while it runs)."""
     *_, bench_args = parse_recipe(argv, extra=(SpeedBenchArguments,), prog="dpo-plugin bench speed")
+    with run_file(bench_args.bench_output, "bench_output"):
+        return _time_contenders(argv, bench_args)
+
+
+def _time_contenders(argv: list[str], bench_args: SpeedBenchArguments) -> dict:
     steps_per_turn = bench_args.bench_warmup + bench_args.bench_steps
     library_progress_bars_off()
     with tempfile.TemporaryDirectory() as output_dir:

@@ -45,11 +45,14 @@ def sweep(argv: list[str]) -> dict:
         raise ConfigError("two cells of the grid have the same name: give each arm's settings distinct values.")
     settings = {cell.id: runner.settings(cell.values) for cell in cells}
     ledger = Ledger(grid.ledger_dir)
-    todo = [cell for cell in _selected(cells, args.cells) if ledger.finished(cell, settings[cell.id]) is None]
+    unfinished = [cell for cell in cells if ledger.finished(cell, settings[cell.id]) is None]
+    todo = [cell for cell in _selected(cells, args.cells) if cell in unfinished]
     stopped_by = None
     if not args.report:
+        finished, chosen = len(cells) - len(unfinished), " matching --cells" if args.cells else ""
+        logger.info("%s: %d of %d cells finished, %d to run%s.", grid.name, finished, len(cells), len(todo), chosen)
         with run_folder(grid.output_dir):  # this sweep's alone (the ledger is shared: a report may be built meanwhile)
-            stopped_by = _run(grid, runner, ledger, settings, cells, todo, args.max_minutes)
+            stopped_by = _run(grid, runner, ledger, settings, todo, args.max_minutes)
     records, stale = {}, []
     for cell in cells:
         record = ledger.read(cell)
@@ -81,9 +84,8 @@ def _selected(cells: list, patterns: list[str] | None) -> list:
     return chosen
 
 
-def _run(grid, runner, ledger, settings, cells, todo, max_minutes) -> int | None:
+def _run(grid, runner, ledger, settings, todo, max_minutes) -> int | None:
     """Run the cells in `todo`; the signal that stopped the sweep, or None."""
-    logger.info("%s: %d of %d cells finished, %d to run.", grid.name, len(cells) - len(todo), len(cells), len(todo))
     started, durations = time.monotonic(), []
     with StopSignals() as stop:
         for index, cell in enumerate(todo, 1):
