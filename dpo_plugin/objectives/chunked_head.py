@@ -144,9 +144,9 @@ class _ChunkedHead(torch.autograd.Function):
         outputs = [torch.zeros(n, device=hidden.device, dtype=torch.float32) for _ in range(5)]
         logps, kl, ref_logps, entropy, mean_logits = outputs
         is_top1 = torch.zeros(n, device=hidden.device, dtype=torch.bool)
-        head = Head(weight, bias, transform)
-        ref_head = Head(reference[1], reference[2], ref_transform) if reference else None
+        autocast = _autocast_state(hidden.device.type)
         with torch.no_grad():
+            head, ref_head = _heads_cast_once(autocast, Head(weight, bias, transform), reference, ref_transform)
             for start in range(0, n, block_size):
                 rows = slice(start, min(start + block_size, n))
                 z = head.logits(hidden[rows])
@@ -163,7 +163,7 @@ class _ChunkedHead(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, labels, *reference)
         ctx.transform, ctx.ref_transform, ctx.block_size = transform, ref_transform, block_size
         ctx.has_bias, ctx.has_reference = bias is not None, bool(reference)
-        ctx.autocast = _autocast_state(hidden.device.type)
+        ctx.autocast = autocast
         ctx.mark_non_differentiable(ref_logps, entropy, mean_logits, is_top1)
         return logps, kl, ref_logps, entropy, mean_logits, is_top1
 
@@ -172,8 +172,6 @@ class _ChunkedHead(torch.autograd.Function):
         hidden, weight, bias, labels, *reference = ctx.saved_tensors
         if not ctx.has_bias:
             bias = None
-        head = Head(weight, bias, ctx.transform)
-        ref_head = Head(reference[1], reference[2], ctx.ref_transform) if ctx.has_reference else None
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight else None
@@ -181,6 +179,11 @@ class _ChunkedHead(torch.autograd.Function):
         enabled, dtype = ctx.autocast
         n = hidden.size(0)
         with torch.no_grad(), torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
+            head, ref_head = _heads_cast_once(
+                ctx.autocast, Head(weight, bias, ctx.transform), reference, ctx.ref_transform
+            )
+            compute = _compute_dtype(hidden, weight, enabled, dtype)
+            projection = head.weight.to(compute)  # cast once; under autocast `head` is cast already (no copy)
             for start in range(0, n, ctx.block_size):
                 rows = slice(start, min(start + ctx.block_size, n))
                 z = head.logits(hidden[rows])
@@ -193,9 +196,8 @@ class _ChunkedHead(torch.autograd.Function):
                     ref_probs = torch.softmax(ref_head.logits(reference[0][rows]), dim=-1)
                     grad_z += grad_kl[rows, None] * (probs - ref_probs)  # ∂ KL/∂z = π_θ − π_ref
                 grad_raw = ctx.transform.backward(grad_z, z)
-                compute = _compute_dtype(hidden, weight, enabled, dtype)
                 if grad_hidden is not None:
-                    grad_hidden[rows] = (grad_raw.to(compute) @ weight.to(compute)).to(hidden.dtype)
+                    grad_hidden[rows] = (grad_raw.to(compute) @ projection).to(hidden.dtype)
                 if grad_weight is not None:
                     grad_weight += (grad_raw.to(compute).t() @ hidden[rows].to(compute)).float()
                 if grad_bias is not None:
@@ -203,6 +205,34 @@ class _ChunkedHead(torch.autograd.Function):
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, *([None] * len(reference))
+
+
+def _heads_cast_once(autocast: tuple[bool, torch.dtype], head: Head, reference: tuple, ref_transform):
+    """The policy's head and the reference's (None without one) with their weights cast to the autocast dtype once
+    for all blocks: autocast would cast a weight that needs no gradient again at every block's projection, and the
+    values are the same. A reference head that is the policy's own (a LoRA policy with its adapters off) shares
+    the cast. Without autocast, the heads as they are."""
+    enabled, dtype = autocast
+    ref_head = Head(reference[1], reference[2], ref_transform) if reference else None
+    if not enabled:
+        return head, ref_head
+
+    def cast(tensor: Tensor | None) -> Tensor | None:
+        return tensor.to(dtype) if tensor is not None and tensor.is_floating_point() else tensor
+
+    cast_head = Head(cast(head.weight), cast(head.bias), head.transform)
+    if ref_head is None:
+        return cast_head, None
+    if _same_tensor(ref_head.weight, head.weight) and _same_tensor(ref_head.bias, head.bias):
+        return cast_head, Head(cast_head.weight, cast_head.bias, ref_transform)
+    return cast_head, Head(cast(ref_head.weight), cast(ref_head.bias), ref_transform)
+
+
+def _same_tensor(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether `a` and `b` are views of the same values (a detached or saved tensor is another object)."""
+    if a is None or b is None:
+        return a is b
+    return (a.data_ptr(), a.shape, a.stride(), a.dtype) == (b.data_ptr(), b.shape, b.stride(), b.dtype)
 
 
 def _compute_dtype(hidden: Tensor, weight: Tensor, autocast_enabled: bool, autocast_dtype: torch.dtype):

@@ -4,6 +4,7 @@ logit transforms, a reference for the KL, bf16 autocast, and no positions at all
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Gemma3TextConfig, GraniteConfig, LlamaConfig
 
 from dpo_plugin.objectives.chunked_head import Head, LogitTransform, auto_block_size, chunked_head
@@ -80,6 +81,35 @@ def test_bf16_autocast_matches_the_full_computation_to_bf16_precision():
         strict=True,
     ):
         assert relative(a, b) <= 2e-2
+
+
+class WeightCasts(TorchDispatchMode):
+    """Counts the copies made of tensors of one shape (autocast's casts are `aten._to_copy`)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.count = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == self.shape:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["reference shares the head", "reference head of its own"])
+def test_under_autocast_a_frozen_head_is_cast_once_per_pass_not_once_per_block(shared):
+    """A LoRA policy's head needs no gradient, so autocast would cast it to bf16 again at every block (and again for
+    the reference and in backward); the head casts each weight once per forward and once per backward."""
+    hidden, labels, weight, _, _ = inputs()
+    weight.requires_grad_(False)
+    ref_weight = weight if shared else weight.clone()
+    ref_hidden = torch.randn_like(hidden).detach()
+    with WeightCasts(weight.shape) as casts:
+        head, ref_head = Head(weight, None, LogitTransform()), Head(ref_weight, None, LogitTransform())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            result = chunked_head(hidden, labels, head, 2, ref_hidden, ref_head)
+        (result.logps.sum() + result.kl.sum()).backward()
+    assert casts.count == (2 if shared else 4)  # block by block: 12 blocks of 2 positions, 36 or 48 casts
 
 
 def test_no_positions_give_empty_results_and_zero_gradients():
