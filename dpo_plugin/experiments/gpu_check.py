@@ -79,9 +79,9 @@ PHASES = (
     Phase(
         "kernels",
         "the chunked head alone against TRL's chunked kernels (Triton on CUDA), the same log-probs and TDPO KL on the "
-        "same tensors: Gemma-3-270M's 262,144 × 640 head, 512 and 4,096 positions, bf16",
-        ("bench", "kernels", "--config", "recipes/bench/large_vocab.yaml", "--bench_positions", "512", "4096")
-        + ("--bf16", "true"),
+        "same tensors: Gemma-3-270M's 262,144 × 640 head, 512 and 4,096 positions, bf16, LoRA (the quickstart's)",
+        ("bench", "kernels", "--config", "recipes/quickstart.yaml", "--model_name_or_path", "gemma-3-270m")
+        + ("--bench_positions", "512", "4096"),
         GEMMA3,
         KERNELS_DRY,
     ),
