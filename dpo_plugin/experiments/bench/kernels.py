@@ -18,7 +18,6 @@ work. On a GPU the peak CUDA memory of a turn is reported too.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,7 @@ from ...utils.atomic import write_json
 from ...utils.devices import device_name
 from ...utils.run_folder import run_file
 from ...utils.validation import check, each, integer_at_least
-
-MB = 1e6
+from .measuring import MB, synchronized_now
 
 
 @dataclass
@@ -123,14 +121,12 @@ def _time(shapes: Shapes, positions: int, bench_args: KernelsBenchArguments) -> 
     for _ in range(bench_args.bench_rounds):
         for name, run in contenders.items():
             if shapes.device.type == "cuda":
-                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            started = time.perf_counter()
+            started = synchronized_now()
             run()
+            seconds[name].append(synchronized_now() - started)
             if shapes.device.type == "cuda":
-                torch.cuda.synchronize()
                 peak[name] = torch.cuda.max_memory_allocated() / MB
-            seconds[name].append(time.perf_counter() - started)
     rows = []
     for name in contenders:
         task, contender = name.split(": ", 1)

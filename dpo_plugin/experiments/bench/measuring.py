@@ -19,6 +19,13 @@ import torch
 MB = 1e6
 
 
+def synchronized_now() -> float:
+    """`time.perf_counter()` once the GPU (if any) has finished the work queued so far."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def current_rss_bytes() -> int:
     """This process's resident set size now (Linux /proc)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])

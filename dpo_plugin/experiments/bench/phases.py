@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from ...utils.devices import device_name
 from ...utils.quiet import library_progress_bars_off
 from ...utils.run_folder import run_file
 from ...utils.validation import check, integer_at_least, some_of
+from .measuring import synchronized_now
 
 PHASES = (
     "collation",
@@ -146,7 +146,7 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.clock_on:
-            self.times.append(_now() - self._started)
+            self.times.append(synchronized_now() - self._started)
         if self._profiler is not None:
             self._profiler.__exit__(None, None, None)
             self.operators = _top_operators(self._profiler)
@@ -159,7 +159,7 @@ class StepClock(TrainerCallback):
         if step == self.profiled:
             self._profiler = torch.profiler.profile(activities=_activities())
             self._profiler.__enter__()
-        self._started = _now()
+        self._started = synchronized_now()
 
 
 class PhaseClock:
@@ -189,8 +189,8 @@ class PhaseClock:
         wrapped |= {(reader_module, name): function for name, function in forward.items()}
         originals = {key: vars(key[0]).get(key[1], INHERITED) for key in wrapped}
         handles = (
-            optimizer_hooks.register_optimizer_step_pre_hook(lambda *_: self._start(steps, "optimizer")),
-            optimizer_hooks.register_optimizer_step_post_hook(lambda *_: self._stop(steps, "optimizer")),
+            optimizer_hooks.register_optimizer_step_pre_hook(lambda *_: self._optimizer_starts(steps)),
+            optimizer_hooks.register_optimizer_step_post_hook(lambda *_: self._optimizer_ends(steps)),
         )
         for (owner, name), function in wrapped.items():
             setattr(owner, name, function)
@@ -210,11 +210,11 @@ class PhaseClock:
             if not steps.clock_on:
                 return function(*args, **kwargs)
             label = phase()
-            started = _now()
+            started = synchronized_now()
             try:
                 return function(*args, **kwargs)
             finally:
-                self.totals[label] += _now() - started
+                self.totals[label] += synchronized_now() - started
 
         return timed
 
@@ -222,33 +222,27 @@ class PhaseClock:
         """The whole backward, less the head's backward inside it: the model's part."""
 
         def timed(*args, **kwargs):
-            head_before, started = self.totals["backward: head"], _now()
+            head_before, started = self.totals["backward: head"], synchronized_now()
             try:
                 return backward(*args, **kwargs)
             finally:
                 if steps.clock_on:
                     head = self.totals["backward: head"] - head_before
-                    self.totals["backward: model"] += _now() - started - head
+                    self.totals["backward: model"] += synchronized_now() - started - head
 
         return timed
 
-    def _start(self, steps: StepClock, phase: str) -> None:
+    def _optimizer_starts(self, steps: StepClock) -> None:
         if steps.clock_on:
-            self._optimizer_started = _now()
+            self._optimizer_started = synchronized_now()
 
-    def _stop(self, steps: StepClock, phase: str) -> None:
+    def _optimizer_ends(self, steps: StepClock) -> None:
         if steps.clock_on:
-            self.totals[phase] += _now() - self._optimizer_started
+            self.totals["optimizer"] += synchronized_now() - self._optimizer_started
 
 
 def _forward_phase() -> str:
     return "policy forward" if torch.is_grad_enabled() else "reference forward"
-
-
-def _now() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def _activities() -> list:

@@ -11,7 +11,6 @@ loading, logging and everything else a trainer does between steps count.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -32,6 +31,7 @@ from ...utils.quiet import library_progress_bars_off
 from ...utils.run_folder import run_file
 from ...utils.validation import check, integer_at_least, some_of
 from .flops import dense_matmul_rate, model_flops_per_step
+from .measuring import synchronized_now
 from .trl_contender import TRL_COUNTERPART, trl_dpo_trainer
 
 
@@ -67,19 +67,13 @@ class StepTimer(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.times: list[float] = []
-        self._last = _now()
+        self._last = synchronized_now()
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = _now()
+        now = synchronized_now()
         self.times.append(now - self._last)
         self._last = now
         self.progress.update(1)
-
-
-def _now() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 class TrainerContender:
@@ -109,14 +103,14 @@ class RawBound:
             policy.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
 
     def run(self, steps: int, progress) -> list[float]:
-        times, last = [], _now()
+        times, last = [], synchronized_now()
         per_step = self.args.gradient_accumulation_steps
         for step in range(steps):
             for batch in self.batches[step * per_step : (step + 1) * per_step]:
                 self._micro_step(batch, per_step)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            now = _now()
+            now = synchronized_now()
             times.append(now - last)
             last = now
             progress.update(1)
