@@ -73,8 +73,13 @@ def preference_accuracies(
     with `start` (scores of the policy before training, where the reference differs from it, e.g. quantized), also
     by log π_θ − log π_start: what training changed.
 
-    The scorers memoize, so each model scores each held-out completion once across the rankings.
+    Each scorer reads every held-out completion once, before the rankings walk the pairs: all of them in one call,
+    so its batches are sorted by length across the whole set (`SequenceScorer`); the rankings then read its memo.
     """
+    texts = (list(pairs["prompt"]) * 2, list(pairs["chosen"]) + list(pairs["rejected"]))
+    for scorer in (reference, policy, start):
+        if isinstance(scorer, SequenceScorer):
+            scorer(*texts)
     choosers = {
         "reference, by log-likelihood": PreferenceChooser.by_likelihood(reference),
         "policy, by implicit reward": PreferenceChooser.by_implicit_reward(policy, reference),

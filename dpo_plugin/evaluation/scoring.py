@@ -9,9 +9,11 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 from trl.data_utils import common_prefix_length, is_conversational, maybe_apply_chat_template
 
 from ..objectives.logprobs import sequence_logps
+from ..objectives.reader import CompletionReader, choose_reader
 from ..trl_private import tokenize_as_trl
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -36,11 +38,16 @@ def split_prompt_completion(tokenizer, prompt: str, completion: str) -> tuple[li
 
 
 class SequenceScorer:
-    """Summed completion log-probs log π(y|x) = Σ_t log π(y_t | x, y<t) under `model`, `batch_size` rows at a time.
+    """Summed completion log-probs log π(y|x) = Σ_t log π(y_t | x, y<t) under `model`.
 
-    Sequences are truncated to `max_length` tokens keeping the start, as TRL's collator does, and go through the same
-    `sequence_logps` as training, inside `context()` (e.g. the training autocast, or a PEFT policy's adapters turned
-    off to make it the reference). Scores of text pairs are memoized, so policies that rank the same pairs share them.
+    Sequences are truncated to `max_length` tokens keeping the start, as TRL's collator does, and scored inside
+    `context()` (e.g. the training autocast, or a PEFT policy's adapters turned off to make it the reference).
+
+    Text pairs (`__call__`, what ranking held-out pairs asks) are read as the trainer reads a batch: completions of
+    one prompt two at a time in one `[prompt | first | second]` row (shared-prompt packing, where the model allows
+    it), through the chunked head (`objectives/reader.py`), `batch_size` such rows a call, longest first; their
+    scores are memoized, so policies that rank the same pairs share them. Token ids (`score_ids`, sampled
+    completions) are read `batch_size` rows a call through full logits at completion positions.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class SequenceScorer:
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.batch_size, self.context = max_length, batch_size, context
         self._memo: dict[tuple[str, str], float] = {}
+        self._pair_reader: CompletionReader | None = None
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """log π(completion | prompt) for each text pair, float32, shape (len(prompts),)."""
@@ -65,9 +73,44 @@ class SequenceScorer:
         missing = list(dict.fromkeys(key for key in keys if key not in self._memo))
         if missing:
             ids = [split_prompt_completion(self.tokenizer, prompt, completion) for prompt, completion in missing]
-            scores = self.score_ids([p for p, _ in ids], [c for _, c in ids])
-            self._memo.update(zip(missing, scores.tolist(), strict=True))
+            self._memo.update(zip(missing, self._score_packed(ids).tolist(), strict=True))
         return torch.tensor([self._memo[key] for key in keys], dtype=torch.float32)
+
+    @torch.no_grad()
+    def _score_packed(self, ids: Sequence[tuple[list[int], list[int]]]) -> Tensor:
+        """log π(y|x) of each (prompt ids, completion ids), float32: completions with the same prompt ids read two to
+        a row as a `[first; second]` batch of the trainer's (`CompletionReader.sequence_logps`; a prompt's odd one
+        out is read beside itself), the longest rows first (little padding)."""
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for index, (prompt, _) in enumerate(ids):
+            by_prompt.setdefault(tuple(prompt), []).append(index)
+        pairs = []
+        for indices in by_prompt.values():
+            indices += indices[-1:] * (len(indices) % 2)  # the odd one out beside itself
+            pairs += zip(indices[0::2], indices[1::2], strict=True)
+        pairs.sort(key=lambda pair: len(ids[pair[0]][0]) + len(ids[pair[0]][1]) + len(ids[pair[1]][1]), reverse=True)
+        batches = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            rows = [first for first, _ in chunk] + [second for _, second in chunk]
+            batches.append((rows, self._collate([ids[i][0] for i in rows], [ids[i][1] for i in rows])))
+        reader = self._reader(batches[0][1])  # outside the context: choosing enters it itself
+        scores = torch.empty(len(ids))
+        bar = tqdm(batches, desc="Scoring", unit="call", leave=False, disable=len(batches) < 4)
+        with self.context():
+            for rows, batch in bar:
+                completion_mask = batch.pop("completion_mask")
+                scores[rows] = reader.sequence_logps(self.model, batch, completion_mask).float().cpu()
+        return scores
+
+    def _reader(self, model_kwargs: dict) -> CompletionReader:
+        """How text pairs are read, chosen on the first batch (`choose_reader`): the chunked head where the model's
+        head reproduces its logits, with shared-prompt packing."""
+        if self._pair_reader is None:
+            self._pair_reader = choose_reader(
+                [(self.model, self.context, "scorer")], model_kwargs, chunked=True, block_size=None, share_prompt=True
+            )
+        return self._pair_reader
 
     @torch.no_grad()
     def score_ids(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> Tensor:
