@@ -175,6 +175,15 @@ class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
             "full logits at completion positions, with a log line saying why. False: always full logits."
         },
     )
+    cast_frozen_weights_once: bool = field(
+        default=True,
+        metadata={
+            "help": "Under bf16/fp16 autocast in one process: while training, hold the frozen linear weights nobody "
+            "saves (a PEFT policy's base, which is also its reference; a separate reference) in that precision, the "
+            "copy autocast would otherwise cast again at every forward and backward (training/frozen_weights.py). "
+            "Same numbers to the bit; the float weights come back when training ends. False: autocast casts them."
+        },
+    )
     logits_block_size: int | None = field(
         default=None,
         metadata={

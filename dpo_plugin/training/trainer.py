@@ -8,12 +8,13 @@ in `reference_preparation.py`; checkpoints are written by `checkpoints.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
 
 import torch
-from accelerate.utils import extract_model_from_parallel, is_peft_model
+from accelerate.utils import DistributedType, extract_model_from_parallel, is_peft_model
 from datasets import Dataset
 from torch import Tensor
 from transformers import AutoTokenizer
@@ -30,6 +31,7 @@ from ..trl_private import create_model_from_path, disable_gradient_checkpointing
 from ..utils.errors import ConfigError, NonFiniteTrainingError
 from .checkpoints import StagedCheckpoints, checkpoint_run, resume_checkpoint
 from .config import PreferenceConfig, as_preference_config
+from .frozen_weights import frozen_weights_cast
 from .guards import DivergenceGuard, drop_gradients, gradients_are_finite, nonfinite_step_message
 from .interruption import CheckpointOnInterrupt, Interrupted, StopSignals
 from .reference import ADAPTERS_OFF, CHECKPOINT, INITIAL_POLICY, Reference, choose_reference, save_mixed_plan
@@ -42,6 +44,8 @@ from .reference_preparation import (
 from .run_identity import check_same_run, planned_steps, run_identity
 
 logger = logging.getLogger("dpo_plugin")
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # accelerate's mixed_precision → autocast dtype
 
 
 class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
@@ -391,9 +395,23 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
                 self.finished_already = True
                 return TrainOutput(saved["global_step"], math.nan, {})
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            with self._frozen_weights_cast():
+                return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.interruption.restore_handlers()
+
+    def _frozen_weights_cast(self):
+        """`frozen_weights_cast` of the frozen weights this run never saves (a PEFT policy's base, a separate
+        reference) in the autocast precision, with `cast_frozen_weights_once` under bf16/fp16 autocast in one
+        process; else nothing."""
+        dtype = AUTOCAST_DTYPES.get(self.accelerator.mixed_precision)
+        single = self.accelerator.distributed_type == DistributedType.NO
+        if not (self.args.cast_frozen_weights_once and dtype is not None and single):
+            return contextlib.nullcontext()
+        reference = self.reference if self.reference is not None else self._reference_chosen_by_trl()
+        policy = self.accelerator.unwrap_model(self.model)
+        models = [policy] * is_peft_model(policy) + [reference.model] * reference.separate
+        return frozen_weights_cast(models, dtype)
 
     @property
     def interrupted_by(self) -> int | None:
