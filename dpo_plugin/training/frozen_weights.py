@@ -2,10 +2,11 @@
 
 Under autocast, `F.linear(x, W)` runs in the low precision with a copy of W cast for that call; torch keeps such a
 copy for the rest of the autocast context only for a weight that requires grad, so a frozen weight (a LoRA policy's
-base, which is also its reference; a separate reference model) is cast anew in the policy's forward, the reference's
-forward and the backward, every step. Holding those weights in the low precision while `train()` runs hands autocast
-the very tensor it would have made: the same products to the bit, one cast per weight per run instead of about three
-per step. The float weights are put back, untouched, when training ends.
+base, which is also its reference) is cast anew in the policy's forward and again in the reference's, every step.
+Holding those weights in the low precision while `train()` runs hands autocast the very tensor it would have made:
+the same products to the bit, one cast per weight per run instead of two per step, and no more memory at the peak
+(the policy's backward kept every cast copy alive anyway). The float weights are put back, untouched, when training
+ends.
 """
 
 from __future__ import annotations

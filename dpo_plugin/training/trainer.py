@@ -375,7 +375,8 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         """TRL's `train`, resuming only from a checkpoint that resumes exactly (`checkpoints.resume_checkpoint`,
         unless `allow_partial_resume`) and of this same run (`run_identity.check_same_run`, but for the keys in
         `resume_allow_changes`); a checkpoint already at the run's last step trains nothing and says so
-        (`finished_already`). The SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed however it
+        (`finished_already`). While it runs, a PEFT policy's frozen base is held in the autocast precision
+        (`_frozen_weights_cast`). The SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed however it
         ends."""
         resume_from_checkpoint = resume_checkpoint(
             resume_from_checkpoint, self.args.output_dir, self.args.allow_partial_resume
@@ -401,17 +402,16 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
             self.interruption.restore_handlers()
 
     def _frozen_weights_cast(self):
-        """`frozen_weights_cast` of the frozen weights this run never saves (a PEFT policy's base, a separate
-        reference) in the autocast precision, with `cast_frozen_weights_once` under bf16/fp16 autocast in one
-        process; else nothing."""
+        """`frozen_weights_cast` of a PEFT policy's base (never saved; also its reference when it has no other) in
+        the autocast precision, with `cast_frozen_weights_once` under bf16/fp16 autocast in one process; else
+        nothing. Not a separate reference: its casts live one layer at a time (no backward keeps them), so holding
+        them all would add half its float bytes to the peak."""
         dtype = AUTOCAST_DTYPES.get(self.accelerator.mixed_precision)
-        single = self.accelerator.distributed_type == DistributedType.NO
-        if not (self.args.cast_frozen_weights_once and dtype is not None and single):
-            return contextlib.nullcontext()
-        reference = self.reference if self.reference is not None else self._reference_chosen_by_trl()
         policy = self.accelerator.unwrap_model(self.model)
-        models = [policy] * is_peft_model(policy) + [reference.model] * reference.separate
-        return frozen_weights_cast(models, dtype)
+        single = self.accelerator.distributed_type == DistributedType.NO
+        if not (self.args.cast_frozen_weights_once and dtype is not None and single and is_peft_model(policy)):
+            return contextlib.nullcontext()
+        return frozen_weights_cast([policy], dtype)
 
     @property
     def interrupted_by(self) -> int | None:
