@@ -178,10 +178,10 @@ class PreferenceConfig(ReferenceQuantizationArguments, DPOConfig):
     cast_frozen_weights_once: bool = field(
         default=True,
         metadata={
-            "help": "Under bf16/fp16 autocast in one process: while training, hold a PEFT policy's frozen base "
-            "linear weights (never saved; also its reference) in that precision, the copy autocast would otherwise "
-            "cast again at every forward (training/frozen_weights.py). Same numbers to the bit, same peak memory; the "
-            "float weights come back when training ends. False: autocast casts them."
+            "help": "Under bf16/fp16 autocast in one process: while training, a PEFT policy's frozen base linear "
+            "layers (also its reference) compute under autocast with a copy of their weight in that precision made "
+            "once, instead of autocast casting it again at every forward (training/frozen_weights.py). Same numbers "
+            "to the bit, same peak memory; the weights themselves are not modified. False: autocast casts them."
         },
     )
     logits_block_size: int | None = field(
