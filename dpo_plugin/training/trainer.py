@@ -376,8 +376,8 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         unless `allow_partial_resume`) and of this same run (`run_identity.check_same_run`, but for the keys in
         `resume_allow_changes`); a checkpoint already at the run's last step trains nothing and says so
         (`finished_already`). While it runs, a PEFT policy's frozen base computes under autocast with weights cast
-        once (`_frozen_weights_cast`). The SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed however it
-        ends."""
+        once (`_frozen_weights_cast`). The SIGTERM/SIGINT handlers it installs (`save_on_interrupt`) are removed
+        however it ends."""
         resume_from_checkpoint = resume_checkpoint(
             resume_from_checkpoint, self.args.output_dir, self.args.allow_partial_resume
         )
