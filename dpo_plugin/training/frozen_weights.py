@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,22 +21,23 @@ from accelerate.utils import extract_model_from_parallel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 
-def frozen_linears(models: Iterable[torch.nn.Module], dtype: torch.dtype) -> list[torch.nn.Linear]:
-    """The plain `nn.Linear` layers of `models` whose weight is frozen, floating-point and not `dtype` already: not
-    an LM head or a weight tied to one (the chunked head casts the head itself), not part of a PEFT adapter (small,
-    and PEFT casts their inputs itself), not quantized (its own class); each once."""
-    layers: dict[int, torch.nn.Linear] = {}
-    for model in models:
-        unwrapped = extract_model_from_parallel(model)
-        heads = {id(unwrapped.get_output_embeddings().weight), id(unwrapped.get_input_embeddings().weight)}
-        adapters = {id(part) for module in unwrapped.modules() for part in _adapter_modules(module)}
-        for module in unwrapped.modules():
-            if type(module) is not torch.nn.Linear or id(module.weight) in heads or id(module) in adapters:
-                continue
-            if module.weight.requires_grad or not module.weight.is_floating_point() or module.weight.dtype == dtype:
-                continue
-            layers[id(module)] = module
-    return list(layers.values())
+def frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.nn.Linear]:
+    """The plain `nn.Linear` layers of `model` whose weight is frozen, floating-point and not `dtype` already: not an
+    LM head or a weight tied to one (the chunked head casts the head itself), not part of a PEFT adapter (small, and
+    PEFT casts their inputs itself), not quantized (its own class)."""
+    unwrapped = extract_model_from_parallel(model)
+    heads = {id(unwrapped.get_output_embeddings().weight), id(unwrapped.get_input_embeddings().weight)}
+    adapters = {id(part) for module in unwrapped.modules() for part in _adapter_modules(module)}
+    return [
+        module
+        for module in unwrapped.modules()
+        if type(module) is torch.nn.Linear
+        and id(module.weight) not in heads
+        and id(module) not in adapters
+        and not module.weight.requires_grad
+        and module.weight.is_floating_point()
+        and module.weight.dtype != dtype
+    ]
 
 
 def _adapter_modules(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -48,12 +49,12 @@ def _adapter_modules(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def frozen_weights_cast(models: Iterable[torch.nn.Module], dtype: torch.dtype) -> Iterator[int]:
-    """Inside the block, each of `frozen_linears(models, dtype)` computes with a frozen `dtype` copy of its weight
+def frozen_weights_cast(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[int]:
+    """Inside the block, each of `frozen_linears(model, dtype)` computes with a frozen `dtype` copy of its weight
     whenever `dtype` autocast is on where it runs, and with its own float weight otherwise (a callback that samples
     or scores outside autocast mid-training sees the model as it is); the block gets how many layers. The weights
     themselves are never touched: each layer's `forward` is patched for the block and restored however it ends."""
-    layers = frozen_linears(models, dtype)
+    layers = frozen_linears(model, dtype)
     for layer in layers:
         layer.forward = functools.partial(_linear_with_held_weight, layer, layer.weight.detach().to(dtype))
     try:

@@ -411,7 +411,7 @@ class PreferenceTrainer(StagedCheckpoints, DPOTrainer):
         single = self.accelerator.distributed_type == DistributedType.NO
         if not (self.args.cast_frozen_weights_once and dtype is not None and single and is_peft_model(policy)):
             return contextlib.nullcontext()
-        return frozen_weights_cast([policy], dtype)
+        return frozen_weights_cast(policy, dtype)
 
     @property
     def interrupted_by(self) -> int | None:

@@ -76,14 +76,14 @@ def test_training_is_the_same_to_the_bit_and_the_weights_are_untouched(loss_type
 def test_only_frozen_plain_linears_outside_heads_and_adapters_are_held(tokenizer):
     model = get_peft_model(make_model(len(tokenizer)), LORA)
     model.add_adapter("ref", LORA)  # a frozen adapter
-    layers = frozen_linears([model, model], torch.bfloat16)
+    layers = frozen_linears(model, torch.bfloat16)
     names = {id(module): name for name, module in model.named_modules()}
     chosen = sorted(names[id(layer)] for layer in layers)
     assert chosen and len(chosen) == len(set(chosen))
     assert all(name.endswith(("proj", "proj.base_layer")) for name in chosen), chosen
     assert not any("lora_" in name or "lm_head" in name for name in chosen)
     hidden = torch.randn(3, layers[0].in_features)
-    with frozen_weights_cast([model], torch.bfloat16) as count, torch.no_grad():
+    with frozen_weights_cast(model, torch.bfloat16) as count, torch.no_grad():
         assert count == len(layers)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             cast_by_autocast = torch.nn.functional.linear(hidden, layers[0].weight)
@@ -94,7 +94,7 @@ def test_only_frozen_plain_linears_outside_heads_and_adapters_are_held(tokenizer
 
 def test_layers_are_restored_when_training_fails(tokenizer):
     model = make_model(len(tokenizer)).requires_grad_(False)
-    with pytest.raises(RuntimeError), frozen_weights_cast([model], torch.bfloat16):
+    with pytest.raises(RuntimeError), frozen_weights_cast(model, torch.bfloat16):
         raise RuntimeError("a step failed")
     assert not held_layers(model)
 
