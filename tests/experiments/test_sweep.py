@@ -4,6 +4,7 @@ SIGTERM), the bootstrap intervals against direct computations, and the report; a
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -335,6 +336,14 @@ def test_difference_at_matched_x_interpolates_the_baseline_curve():
     assert row["verdict"] == "holds"
     assert difference_at_matched_x(point(3.0, 0.5), curve, "x", "y")["verdict"] == "does not hold"
     assert difference_at_matched_x(point(5.0, 0.9), curve, "x", "y")["verdict"].startswith("not resolved: x 5.00")
+
+
+def test_a_point_beyond_the_baseline_curve_gets_no_interval_even_where_replicates_fall_inside():
+    curve = [{"x": np.full(5, x), "y": np.full(5, y)} for x, y in ((0.0, 0.5), (4.0, 0.6))]
+    beyond = {"x": np.array([5.0, 3.0, 3.0, 3.0, 3.0]), "y": np.full(5, 0.9)}  # estimate beyond, replicates inside
+    row = difference_at_matched_x(beyond, curve, "x", "y")
+    assert math.isnan(row["difference"]) and math.isnan(row["low"]) and math.isnan(row["high"])
+    assert row["verdict"].startswith("not resolved: x 5.00")
 
 
 @pytest.mark.slow

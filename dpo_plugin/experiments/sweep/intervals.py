@@ -74,12 +74,14 @@ def difference_at_matched_x(
 ) -> dict:
     """`point`'s y minus the baseline curve's y at `point`'s x (the curve: piecewise linear through its points),
     replicate by replicate; a verdict from the 95% interval: "holds" (above 0), "does not hold" (below), "not
-    resolved" (spans 0, or the point lies beyond the curve's x range)."""
+    resolved" (spans 0, or the point lies beyond the curve's x range: then no interval, `low` and `high` NaN)."""
     curve_x = np.vstack([p[x] for p in curve])
     curve_y = np.vstack([p[y] for p in curve])
     baseline = interpolate(curve_x, curve_y, point[x])
     difference = point[y] - baseline
     estimate, low, high = interval(difference)
+    if math.isnan(estimate):  # the point itself lies beyond the curve: replicates that fall inside say nothing of it
+        low = high = math.nan
     row = {"x": float(point[x][0]), "y": float(point[y][0]), "baseline_y": float(baseline[0]), "difference": estimate}
     row |= {"low": low, "high": high}
     if math.isnan(estimate):
