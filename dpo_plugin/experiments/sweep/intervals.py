@@ -80,12 +80,11 @@ def difference_at_matched_x(
     baseline = interpolate(curve_x, curve_y, point[x])
     difference = point[y] - baseline
     estimate, low, high = interval(difference)
-    if math.isnan(estimate):  # the point itself lies beyond the curve: replicates that fall inside say nothing of it
-        low = high = math.nan
     row = {"x": float(point[x][0]), "y": float(point[y][0]), "baseline_y": float(baseline[0]), "difference": estimate}
     row |= {"low": low, "high": high}
-    if math.isnan(estimate):
+    if math.isnan(estimate):  # the point itself lies beyond the curve: replicates that fall inside say nothing of it
         span = f"{curve_x[:, 0].min():.2f}–{curve_x[:, 0].max():.2f}"
+        row |= {"low": math.nan, "high": math.nan}
         row["verdict"] = f"not resolved: {x} {row['x']:.2f} lies outside the baseline's range ({span})"
     elif low > 0:
         row["verdict"] = "holds"
